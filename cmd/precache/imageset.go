@@ -1,0 +1,86 @@
+package main
+
+import (
+	"context"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/precache/precache/internal/cache"
+	pcontainerd "github.com/precache/precache/internal/containerd"
+	"github.com/precache/precache/internal/manifest"
+)
+
+// setFlags select the image set: the catalog for a Calico version, rewritten, plus
+// extra images, with digests from a lock file.
+type setFlags struct {
+	version     string
+	variant     string
+	registry    string
+	imagePath   string
+	imagePrefix string
+	images      []string
+	imagesFile  string
+	lock        string
+}
+
+func (s *setFlags) register(f *pflag.FlagSet) {
+	envFlag(f, &s.version, "calico-version", "PRECACHE_CALICO_VERSION", "", "Calico release whose images to keep, e.g. v3.28.1 (catalog: "+manifest.SupportedVersions()+")")
+	envFlag(f, &s.variant, "variant", "PRECACHE_VARIANT", string(manifest.VariantManifest), "how Calico is installed: manifest (calico.yaml, Kubespray) or operator (Tigera operator)")
+	envFlag(f, &s.registry, "registry", "PRECACHE_REGISTRY", "", "registry replacing the catalog's, optionally with a path (registry.local:5000/mirror)")
+	envFlag(f, &s.imagePath, "image-path", "PRECACHE_IMAGE_PATH", "", `path replacing "calico" in image names, like the operator's imagePath`)
+	envFlag(f, &s.imagePrefix, "image-prefix", "PRECACHE_IMAGE_PREFIX", "", "prefix added to each image name, like the operator's imagePrefix")
+	f.StringArrayVar(&s.images, "image", nil, `image to add, or to replace the catalog image of the same name ("node", "cni", …); repeatable`)
+	annotateEnv(f.Lookup("image"), "PRECACHE_IMAGES")
+	envFlag(f, &s.imagesFile, "images-file", "PRECACHE_IMAGES_FILE", "", "file of image references to add or replace, one a line, # comments")
+	envFlag(f, &s.lock, "lock", "PRECACHE_LOCK", "", `lock file of expected digests: {"version":1,"images":{"REF":"sha256:…"}}`)
+}
+
+func (s *setFlags) build() ([]manifest.Image, error) {
+	variant, err := manifest.ParseVariant(s.variant)
+	if err != nil {
+		return nil, &usageError{err}
+	}
+	set, err := manifest.Build(manifest.Options{
+		Version:     s.version,
+		Variant:     variant,
+		Registry:    s.registry,
+		ImagePath:   s.imagePath,
+		ImagePrefix: s.imagePrefix,
+		Images:      s.images,
+		ImagesFile:  s.imagesFile,
+	})
+	if err != nil {
+		return nil, &usageError{err}
+	}
+	if s.lock != "" {
+		l, err := manifest.ReadLock(s.lock)
+		if err != nil {
+			return nil, &usageError{err}
+		}
+		if set, err = manifest.ApplyLock(set, l, s.lock); err != nil {
+			return nil, &usageError{err}
+		}
+	}
+	return set, nil
+}
+
+// storeFlags tune the containerd adapter for commands that pull.
+type storeFlags struct {
+	maxDownloads int
+}
+
+func (a *app) openStore(ctx context.Context, sf storeFlags) (*pcontainerd.Store, error) {
+	return pcontainerd.Open(ctx, pcontainerd.Config{
+		Address:                a.global.address,
+		Namespace:              a.global.namespace,
+		Snapshotter:            a.global.snapshotter,
+		Platform:               a.global.platform,
+		HostsDir:               a.global.hostsDir,
+		DockerConfig:           a.global.dockerCfg,
+		MaxConcurrentDownloads: sf.maxDownloads,
+		DialTimeout:            5 * time.Second,
+	})
+}
+
+var _ cache.Store = (*pcontainerd.Store)(nil)

@@ -1,0 +1,140 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"go.uber.org/zap"
+
+	"github.com/precache/precache/internal/logging"
+)
+
+// globalFlags are shared by every command.
+type globalFlags struct {
+	address     string
+	namespace   string
+	snapshotter string
+	hostsDir    string
+	dockerCfg   string
+	platform    string
+	logFormat   string
+	verbosity   int
+}
+
+type app struct {
+	global globalFlags
+	log    *zap.Logger
+}
+
+func newRootCommand() *cobra.Command {
+	a := &app{log: zap.NewNop()}
+	cmd := &cobra.Command{
+		Use:   "precache",
+		Short: "Keep a node's Calico images in containerd, pulled, verified, unpacked and pinned",
+		Long: `precache keeps the images a node needs to bring its pod network up (Calico's) in
+containerd's k8s.io namespace: pulled, digest-verified, unpacked for the kubelet and pinned so
+image garbage collection never removes them. A node whose resolver points at cluster DNS can
+then restart calico-node without pulling anything.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			if err := applyEnv(cmd); err != nil {
+				return &usageError{err}
+			}
+			log, err := logging.New(os.Stderr, logging.Format(a.global.logFormat), a.global.verbosity)
+			if err != nil {
+				return &usageError{err}
+			}
+			a.log = log
+			return nil
+		},
+	}
+	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err} })
+	f := cmd.PersistentFlags()
+	envFlag(f, &a.global.address, "containerd-address", "CONTAINERD_ADDRESS", "/run/containerd/containerd.sock", "containerd's socket")
+	envFlag(f, &a.global.namespace, "namespace", "CONTAINERD_NAMESPACE", "k8s.io", "containerd namespace (the CRI's is k8s.io)")
+	envFlag(f, &a.global.snapshotter, "snapshotter", "CONTAINERD_SNAPSHOTTER", "overlayfs", "snapshotter to unpack into (the CRI's)")
+	envFlag(f, &a.global.hostsDir, "hosts-dir", "PRECACHE_HOSTS_DIR", "/etc/containerd/certs.d", "containerd registry host configuration directory (hosts.toml: mirrors, CAs, http)")
+	envFlag(f, &a.global.dockerCfg, "docker-config", "PRECACHE_DOCKER_CONFIG", "", "docker config.json with registry credentials (default $DOCKER_CONFIG/config.json or ~/.docker/config.json)")
+	envFlag(f, &a.global.platform, "platform", "PRECACHE_PLATFORM", "", "node platform to fetch and unpack, e.g. linux/arm64 (default this node's)")
+	envFlag(f, &a.global.logFormat, "log-format", "PRECACHE_LOG_FORMAT", "", "console or json (default console on a terminal, json otherwise)")
+	f.CountVarP(&a.global.verbosity, "verbose", "v", "log more: -v debug, -vv the libraries' debug too")
+	annotateEnv(f.Lookup("verbose"), "PRECACHE_VERBOSE")
+
+	cmd.AddCommand(
+		newBootstrapCommand(a),
+		newStatusCommand(a),
+		newImagesCommand(a),
+		newVersionCommand(),
+	)
+	return cmd
+}
+
+const envAnnotation = "precache/env"
+
+// envFlag defines a string flag that falls back to an environment variable.
+func envFlag(f *pflag.FlagSet, p *string, name, env, def, usage string) {
+	f.StringVar(p, name, def, usage)
+	annotateEnv(f.Lookup(name), env)
+}
+
+func annotateEnv(fl *pflag.Flag, env string) {
+	fl.Usage += " [$" + env + "]"
+	if fl.Annotations == nil {
+		fl.Annotations = map[string][]string{}
+	}
+	fl.Annotations[envAnnotation] = []string{env}
+}
+
+// applyEnv sets every flag not given on the command line from its environment variable.
+func applyEnv(cmd *cobra.Command) error {
+	var errs []string
+	visit := func(fl *pflag.Flag) {
+		env := fl.Annotations[envAnnotation]
+		if fl.Changed || len(env) == 0 {
+			return
+		}
+		v, ok := os.LookupEnv(env[0])
+		if !ok {
+			return
+		}
+		if sv, ok := fl.Value.(pflag.SliceValue); ok {
+			if err := sv.Replace(splitList(v)); err != nil {
+				errs = append(errs, fmt.Sprintf("$%s: %v", env[0], err))
+			}
+			return
+		}
+		if fl.Value.Type() == "count" {
+			// A count flag adds on Set; the variable gives the level.
+			if v == "" {
+				return
+			}
+			if err := fl.Value.Set(v); err != nil {
+				errs = append(errs, fmt.Sprintf("$%s=%q: %v", env[0], v, err))
+			}
+			return
+		}
+		if err := fl.Value.Set(v); err != nil {
+			errs = append(errs, fmt.Sprintf("$%s=%q: %v", env[0], v, err))
+		}
+	}
+	cmd.Flags().VisitAll(visit)
+	cmd.InheritedFlags().VisitAll(visit)
+	if len(errs) > 0 {
+		return fmt.Errorf("invalid environment: %s", strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == '\n' }) {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}

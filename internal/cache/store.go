@@ -1,0 +1,89 @@
+// Package cache is precache's core: it makes an image set present, verified, complete,
+// unpacked and pinned in a node's image store, and reports how far from that the store is.
+//
+// It talks to the world only through the small interfaces in this file. The containerd
+// adapter (internal/containerd) implements them for real nodes; cachetest holds an
+// in-memory fake and the conformance suite both pass.
+package cache
+
+import (
+	"context"
+	"errors"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// Errors adapters map their runtime's errors to. Check them with errors.Is.
+var (
+	// ErrNotFound: no such image record, or the registry has no such reference.
+	ErrNotFound = errors.New("not found")
+	// ErrUnavailable: a transient failure (registry down, 5xx, timeout); worth retrying.
+	ErrUnavailable = errors.New("unavailable")
+	// ErrUnauthorized: the registry refused the credentials (or there were none).
+	ErrUnauthorized = errors.New("unauthorized")
+	// ErrDigestMismatch: the registry serves another digest than the one expected.
+	ErrDigestMismatch = errors.New("digest mismatch")
+	// ErrIncomplete: content or unpacked snapshots are missing after a pull.
+	ErrIncomplete = errors.New("incomplete")
+)
+
+// Labels precache sets on every image record it creates. The first two are the CRI's own:
+// the CRI plugin treats the image as one of its own, and (containerd ≥ 1.7.3) the kubelet's
+// image garbage collector never removes a pinned image.
+const (
+	LabelCRIManaged = "io.cri-containerd.image"
+	LabelCRIPinned  = "io.cri-containerd.pinned"
+	// LabelManaged tells a later run which pins are precache's to move or drop.
+	LabelManaged = "io.precache.managed"
+)
+
+// PinLabels are the labels of a pinned, precache-managed image record.
+func PinLabels() map[string]string {
+	return map[string]string{
+		LabelCRIManaged: "managed",
+		LabelCRIPinned:  "pinned",
+		LabelManaged:    "true",
+	}
+}
+
+// Image is an image record: a name pointing at a target (an index or a manifest).
+type Image struct {
+	Name   string
+	Target ocispec.Descriptor
+	Labels map[string]string
+}
+
+// Health is what the store holds of a target for the node's platform.
+type Health struct {
+	// Complete: the target, the node platform's manifest, config and every layer are stored.
+	Complete bool
+	// Missing lists the digests of the absent blobs when not Complete.
+	Missing []string
+	// Unpacked: the node platform's layers are unpacked in the snapshotter.
+	Unpacked bool
+}
+
+// Resolver asks a registry which descriptor a reference names.
+type Resolver interface {
+	// Resolve returns the descriptor ref names in its registry (a HEAD request).
+	Resolve(ctx context.Context, ref string) (ocispec.Descriptor, error)
+}
+
+// Store is the node's image store as the core needs it.
+type Store interface {
+	Resolver
+	// Image returns the record called name, or an error wrapping ErrNotFound.
+	Image(ctx context.Context, name string) (Image, error)
+	// Check reports whether target's content for the node platform is complete and unpacked.
+	Check(ctx context.Context, target ocispec.Descriptor) (Health, error)
+	// Fetch downloads target (which ref resolved to) for the node platform, plus every
+	// platform's manifest, and unpacks it. It creates no image record; call it under WithLease.
+	Fetch(ctx context.Context, ref string, target ocispec.Descriptor) error
+	// Unpack unpacks target's node-platform layers, already stored, into the snapshotter.
+	Unpack(ctx context.Context, target ocispec.Descriptor) error
+	// Put creates the image record, or updates its target and labels.
+	Put(ctx context.Context, img Image) error
+	// WithLease returns a context under which fetched content survives garbage collection
+	// until done is called, by which time image records must reference it.
+	WithLease(ctx context.Context) (_ context.Context, done func(context.Context) error, _ error)
+}
