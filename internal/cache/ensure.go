@@ -90,9 +90,8 @@ func (e *Ensurer) Ensure(ctx context.Context, set []manifest.Image) ([]Result, e
 			r := e.ensureOne(gctx, img)
 			r.Duration = time.Since(start)
 			results[i] = r
-			if r.Err != nil {
-				e.log.Warn("image not right", zap.String("image", img.Ref.String()), zap.Duration("took", r.Duration), zap.Error(r.Err))
-			} else {
+			// Failures are returned (and so reported) by the caller, not logged here.
+			if r.Err == nil {
 				e.log.Info("image ready", zap.String("image", img.Ref.String()), zap.String("digest", r.Digest.String()),
 					zap.Any("actions", r.Actions), zap.Duration("took", r.Duration))
 			}

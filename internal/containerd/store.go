@@ -21,6 +21,7 @@ import (
 	"github.com/containerd/containerd/v2/core/transfer"
 	"github.com/containerd/containerd/v2/core/unpack"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/plugins"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/platforms"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -108,9 +109,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		}
 		platform = platforms.Only(p)
 	}
-	if _, err := client.GetSnapshotterCapabilities(namespaces.WithNamespace(vctx, cfg.Namespace), cfg.Snapshotter); err != nil {
+	if err := checkSnapshotter(vctx, client, cfg.Snapshotter); err != nil {
 		client.Close()
-		return nil, fmt.Errorf("containerd at %s has no snapshotter %q: %w; set --snapshotter to the CRI's (see snapshotter in containerd's config)", address, cfg.Snapshotter, grpcCause(err))
+		return nil, fmt.Errorf("containerd at %s: %w; set --snapshotter to the CRI's (snapshotter in containerd's config)", address, err)
 	}
 
 	resolver, err := newResolver(ctx, cfg)
@@ -125,6 +126,22 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		platform:    platform,
 		resolver:    resolver,
 	}, nil
+}
+
+// checkSnapshotter fails unless the daemon has the snapshotter loaded: an unknown one
+// would otherwise only show up as an unpack error per image, after the downloads.
+func checkSnapshotter(ctx context.Context, client *containerd.Client, name string) error {
+	resp, err := client.IntrospectionService().Plugins(ctx, fmt.Sprintf("type==%s,id==%s", plugins.SnapshotPlugin, name))
+	if err != nil {
+		return grpcCause(err)
+	}
+	for _, p := range resp.Plugins {
+		if p.InitErr != nil {
+			return fmt.Errorf("snapshotter %q did not load: %s", name, p.InitErr.Message)
+		}
+		return nil
+	}
+	return fmt.Errorf("no snapshotter %q", name)
 }
 
 // Close closes the connection to the daemon.

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs what the integration tests, the benchmark and the demo run against, into a
+# cache that survives between runs (stamped by version, so warm runs take a second):
+#   - containerd + ctr v2.4.2, built from the Go module proxy (~2 min cold)
+#   - Debian's containerd 1.6.20 (apt), for the compatibility run, when running as root
+set -euo pipefail
+
+TOOLS=${PRECACHE_TOOLS:-$HOME/.cache/precache/tools}
+CONTAINERD_VERSION=${CONTAINERD_VERSION:-v2.4.2}
+dir="$TOOLS/containerd-$CONTAINERD_VERSION"
+
+if [[ -x "$dir/containerd" && -x "$dir/ctr" ]]; then
+	echo "tools: containerd $CONTAINERD_VERSION cached in $dir"
+else
+	echo "tools: building containerd and ctr $CONTAINERD_VERSION into $dir (about 2 minutes the first time)"
+	mkdir -p "$dir.tmp"
+	GOBIN="$dir.tmp" GOFLAGS=-buildvcs=false go install -ldflags='-s -w' \
+		"github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD_VERSION" \
+		"github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD_VERSION"
+	rm -rf "$dir" && mv "$dir.tmp" "$dir"
+fi
+
+# The compatibility run uses Debian's containerd (1.6.20 on bookworm).
+if [[ -x /usr/bin/containerd ]]; then
+	echo "tools: compat containerd $(/usr/bin/containerd --version | awk '{print $3}') at /usr/bin/containerd"
+elif [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+	echo "tools: installing Debian's containerd for the compatibility run"
+	# The image's policy-rc.d keeps the packaged daemon from starting by itself.
+	if ! apt-get install -y --no-install-recommends containerd >/tmp/precache-apt.log 2>&1; then
+		apt-get update >>/tmp/precache-apt.log 2>&1
+		apt-get install -y --no-install-recommends containerd >>/tmp/precache-apt.log 2>&1 || {
+			cat /tmp/precache-apt.log >&2
+			exit 1
+		}
+	fi
+else
+	echo "tools: no /usr/bin/containerd and not root: the 1.6 compatibility run will be skipped" >&2
+fi

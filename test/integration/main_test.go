@@ -1,0 +1,183 @@
+// Package integration runs precache against real daemons it starts itself: a containerd
+// (2.4.x with the CRI plugin by default; PRECACHE_CONTAINERD selects another, e.g. Debian's
+// 1.6.20 for the compatibility run), an OCI registry on loopback reached through a
+// hosts.toml mirror for docker.io and quay.io, and the CRI ImageService for the kubelet's view.
+package integration
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/precache/precache/internal/manifest"
+	"github.com/precache/precache/test/testenv"
+)
+
+// Shared by every test: one registry, the Calico images pushed once.
+var (
+	reg      *testenv.Registry
+	hostsDir string
+	binary   string
+	// digests of the pushed Calico sets: reference → index digest.
+	calico = map[string]string{}
+)
+
+const (
+	dockerVersion = "v3.28.1" // a docker.io release
+	quayVersion   = "v3.31.0" // a quay.io release
+)
+
+func TestMain(m *testing.M) {
+	code, err := setup(m)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "integration:", err)
+		if os.Getenv("CI") != "" {
+			os.Exit(1)
+		}
+		// Outside CI a developer without the daemons gets one clear line, not a wall of failures.
+		fmt.Fprintln(os.Stderr, "integration: SKIPPED — run `make tools` (CI never skips)")
+		os.Exit(0)
+	}
+	os.Exit(code)
+}
+
+func setup(m *testing.M) (int, error) {
+	// The adapter used in-process logs through containerd's logrus; keep test output readable.
+	logrus.SetLevel(logrus.WarnLevel)
+	if _, err := os.Stat(testenv.ContainerdBinary()); err != nil {
+		return 0, fmt.Errorf("no containerd at %s: %w", testenv.ContainerdBinary(), err)
+	}
+	tmp, err := os.MkdirTemp("", "precache-it-")
+	if err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(tmp)
+
+	binary = os.Getenv("PRECACHE_BIN")
+	if binary == "" {
+		binary = filepath.Join(tmp, "precache")
+		out, err := exec.Command("go", "build", "-o", binary, "github.com/precache/precache/cmd/precache").CombinedOutput()
+		if err != nil {
+			return 0, fmt.Errorf("building precache: %v\n%s", err, out)
+		}
+	}
+
+	reg, err = testenv.StartRegistry(testenv.RegistryOptions{})
+	if err != nil {
+		return 0, err
+	}
+	defer reg.Close()
+	hostsDir = filepath.Join(tmp, "certs.d")
+	if err := testenv.WriteHostsDir(hostsDir, reg.URL(), "docker.io", "quay.io"); err != nil {
+		return 0, err
+	}
+	ctx := context.Background()
+	for i, v := range []string{dockerVersion, quayVersion} {
+		d, err := reg.PushCalico(ctx, v, manifest.VariantManifest, testenv.ImageSpec{Seed: uint64(i + 1)})
+		if err != nil {
+			return 0, err
+		}
+		for k, dg := range d {
+			calico[k] = dg
+		}
+	}
+	return m.Run(), nil
+}
+
+// node is one test's containerd, fresh and empty.
+type node struct {
+	*testenv.Containerd
+	t *testing.T
+}
+
+func newNode(t *testing.T) *node {
+	t.Helper()
+	c, err := testenv.StartContainerd(t.Context(), testenv.ContainerdOptions{CRI: true, HostsDir: hostsDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("containerd log (tail):\n%s", tail(c.Log(), 30))
+		}
+		if err := c.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	return &node{Containerd: c, t: t}
+}
+
+type result struct {
+	stdout, stderr string
+	code           int
+	took           time.Duration
+}
+
+// precache runs the binary against n with the test hosts dir; env adds variables.
+func (n *node) precache(env []string, args ...string) result {
+	n.t.Helper()
+	ctx, cancel := context.WithTimeout(n.t.Context(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary, args...)
+	cmd.Env = append(os.Environ(), "CONTAINERD_ADDRESS="+n.Address, "PRECACHE_HOSTS_DIR="+hostsDir, "PRECACHE_LOG_FORMAT=json")
+	cmd.Env = append(cmd.Env, env...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	start := time.Now()
+	err := cmd.Run()
+	r := result{stdout: out.String(), stderr: errb.String(), took: time.Since(start)}
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		r.code = ee.ExitCode()
+	case err != nil:
+		n.t.Fatalf("running precache %v: %v", args, err)
+	}
+	return r
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// criImages waits for the CRI plugin (which adopts images through events, asynchronously)
+// to report want repo tags, and returns its view by tag.
+func (n *node) criImages(wantTags ...string) map[string]testenv.CRIImage {
+	n.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		imgs, err := testenv.CRIImages(n.t.Context(), n.Address)
+		if err != nil {
+			n.t.Fatal(err)
+		}
+		byTag := map[string]testenv.CRIImage{}
+		for _, img := range imgs {
+			for _, tag := range img.RepoTags {
+				byTag[tag] = img
+			}
+		}
+		missing := 0
+		for _, tag := range wantTags {
+			if _, ok := byTag[tag]; !ok {
+				missing++
+			}
+		}
+		if missing == 0 || time.Now().After(deadline) {
+			return byTag
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -1,0 +1,132 @@
+package integration
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/precache/precache/internal/cache"
+	"github.com/precache/precache/internal/cache/cachetest"
+	pcontainerd "github.com/precache/precache/internal/containerd"
+	"github.com/precache/precache/internal/manifest"
+	"github.com/precache/precache/test/testenv"
+)
+
+// TestContainerdConformance: the real adapter passes the suite the in-memory fake passes.
+func TestContainerdConformance(t *testing.T) {
+	n := newNode(t)
+	store := n.store()
+	var seed uint64 = 1000
+	cachetest.Run(t, func(t *testing.T) cachetest.Harness {
+		return cachetest.Harness{
+			Store: store,
+			Repo:  "docker.io/conformance",
+			Publish: func(t *testing.T, ref string) ocispec.Descriptor {
+				r := manifest.MustParseRef(ref)
+				seed++
+				d, err := reg.Push(t.Context(), r.Path(), r.Tag, testenv.ImageSpec{Seed: seed})
+				if err != nil {
+					t.Fatal(err)
+				}
+				desc, err := store.Resolve(t.Context(), ref)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if desc.Digest.String() != d.String() {
+					t.Fatalf("registry pushed %s, resolves %s", d, desc.Digest)
+				}
+				return desc
+			},
+		}
+	})
+}
+
+func (n *node) store() *pcontainerd.Store {
+	n.t.Helper()
+	s, err := pcontainerd.Open(n.t.Context(), pcontainerd.Config{
+		Address: n.Address, Namespace: "k8s.io", Snapshotter: "overlayfs", HostsDir: hostsDir,
+	})
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	n.t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func (n *node) client() (*containerd.Client, context.Context) {
+	n.t.Helper()
+	c, err := containerd.New(n.Address)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	n.t.Cleanup(func() { c.Close() })
+	return c, namespaces.WithNamespace(n.t.Context(), "k8s.io")
+}
+
+// imageNames lists the image records in k8s.io, skipping the CRI's own image-ID names (sha256:…).
+func (n *node) imageNames() []string {
+	n.t.Helper()
+	c, ctx := n.client()
+	imgs, err := c.ImageService().List(ctx)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	var out []string
+	for _, img := range imgs {
+		if len(img.Name) > 7 && img.Name[:7] == "sha256:" {
+			continue
+		}
+		out = append(out, img.Name)
+	}
+	return out
+}
+
+func (n *node) image(name string) cache.Image {
+	n.t.Helper()
+	img, err := n.store().Image(n.t.Context(), name)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	return img
+}
+
+func (n *node) putImage(img cache.Image) {
+	n.t.Helper()
+	c, ctx := n.client()
+	if _, err := c.ImageService().Update(ctx, images.Image{Name: img.Name, Target: img.Target, Labels: img.Labels}); err != nil {
+		n.t.Fatal(err)
+	}
+}
+
+func (n *node) deleteImage(name string) {
+	n.t.Helper()
+	c, ctx := n.client()
+	if err := c.ImageService().Delete(ctx, name); err != nil {
+		n.t.Fatal(err)
+	}
+}
+
+// deadSocket is a unix socket path whose listener is closed: connecting is refused.
+func deadSocket(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("/tmp", "pc-dead-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	path := filepath.Join(dir, "c.sock")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	l.Close()
+	return path
+}
