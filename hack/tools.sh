@@ -20,19 +20,32 @@ else
 	rm -rf "$dir" && mv "$dir.tmp" "$dir"
 fi
 
+# apt packages: Debian's containerd (compat run), docker-registry and time (benchmark).
+apt_install() {
+	if ! apt-get install -y --no-install-recommends "$@" >/tmp/precache-apt.log 2>&1; then
+		apt-get update >>/tmp/precache-apt.log 2>&1
+		apt-get install -y --no-install-recommends "$@" >>/tmp/precache-apt.log 2>&1 || {
+			cat /tmp/precache-apt.log >&2
+			exit 1
+		}
+	fi
+}
+
 # The compatibility run uses Debian's containerd (1.6.20 on bookworm).
 if [[ -x /usr/bin/containerd ]]; then
 	echo "tools: compat containerd $(/usr/bin/containerd --version | awk '{print $3}') at /usr/bin/containerd"
 elif [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
 	echo "tools: installing Debian's containerd for the compatibility run"
 	# The image's policy-rc.d keeps the packaged daemon from starting by itself.
-	if ! apt-get install -y --no-install-recommends containerd >/tmp/precache-apt.log 2>&1; then
-		apt-get update >>/tmp/precache-apt.log 2>&1
-		apt-get install -y --no-install-recommends containerd >>/tmp/precache-apt.log 2>&1 || {
-			cat /tmp/precache-apt.log >&2
-			exit 1
-		}
-	fi
+	apt_install containerd
 else
 	echo "tools: no /usr/bin/containerd and not root: the 1.6 compatibility run will be skipped" >&2
+fi
+
+if [[ ${1:-} == bench ]]; then
+	if [[ ! -x /usr/bin/docker-registry || ! -x /usr/bin/time ]]; then
+		[[ $(id -u) == 0 ]] || { echo "tools: the benchmark needs docker-registry and time (apt-get install docker-registry time)" >&2; exit 1; }
+		echo "tools: installing docker-registry and time for the benchmark"
+		apt_install docker-registry time
+	fi
 fi

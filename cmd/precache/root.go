@@ -44,7 +44,7 @@ then restart calico-node without pulling anything.`,
 			if err := applyEnv(cmd); err != nil {
 				return &usageError{err}
 			}
-			log, err := logging.New(os.Stderr, logging.Format(a.global.logFormat), a.global.verbosity)
+			log, err := logging.New(cmd.ErrOrStderr(), logging.Format(a.global.logFormat), a.global.verbosity)
 			if err != nil {
 				return &usageError{err}
 			}

@@ -67,6 +67,11 @@ func inspect(ctx context.Context, store Store, img manifest.Image) state {
 		primary = img.Ref.String()
 	}
 	rec, err := store.Image(ctx, primary)
+	if errors.Is(err, ErrNotFound) && img.Ref.Digest != "" && primary != img.Ref.String() {
+		// Untagged, but the expected digest's record may still be here: then the image can
+		// be re-tagged from what is stored, with no network.
+		rec, err = store.Image(ctx, img.Ref.DigestName(img.Ref.Digest))
+	}
 	switch {
 	case errors.Is(err, ErrNotFound):
 		st.Problem = "not present"

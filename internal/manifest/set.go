@@ -71,7 +71,7 @@ func Build(o Options) ([]Image, error) {
 			if err != nil {
 				return nil, fmt.Errorf("rewriting %s with --registry %q --image-path %q --image-prefix %q: %w", c.name, o.Registry, o.ImagePath, o.ImagePrefix, err)
 			}
-			set = append(set, Image{Ref: ref, Component: c.name, Role: c.role, Optional: c.optional, Source: "catalog " + v.String() + " (" + string(variant) + ")"})
+			set = append(set, Image{Ref: ref, Component: c.name, Role: c.role, Optional: c.optional, Source: sourceCatalog + v.String() + " (" + string(variant) + ")"})
 		}
 	} else if o.Registry != "" || o.ImagePath != "" || o.ImagePrefix != "" {
 		return nil, fmt.Errorf("--registry, --image-path and --image-prefix rewrite the catalog: set --calico-version too")
@@ -101,6 +101,11 @@ func Build(o Options) ([]Image, error) {
 	return set, nil
 }
 
+// sourceCatalog prefixes the Source of catalog images.
+const sourceCatalog = "catalog "
+
+func (img Image) fromCatalog() bool { return strings.HasPrefix(img.Source, sourceCatalog) }
+
 // addOrReplace puts img in place of the catalog image it stands for (same base name,
 // with or without the prefix), or appends it; a reference already in the set is not repeated.
 func addOrReplace(set []Image, img Image, prefix string) []Image {
@@ -108,7 +113,8 @@ func addOrReplace(set []Image, img Image, prefix string) []Image {
 		if have.Ref.Name == img.Ref.Name && have.Ref.Tag == img.Ref.Tag && (have.Ref.Digest == img.Ref.Digest || img.Ref.Digest == "") {
 			return set
 		}
-		if have.Component != "" && (img.Ref.Base() == have.Component || img.Ref.Base() == prefix+have.Component) && set[i].Source != "--image" {
+		// Only a catalog entry is replaced: two images the user named are both kept.
+		if have.fromCatalog() && (img.Ref.Base() == have.Component || img.Ref.Base() == prefix+have.Component) {
 			img.Component, img.Role, img.Optional = have.Component, have.Role, have.Optional
 			set[i] = img
 			return set

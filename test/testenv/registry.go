@@ -12,6 +12,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -22,6 +24,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"golang.org/x/sync/errgroup"
 )
 
 // Registry is an OCI distribution registry serving on 127.0.0.1.
@@ -77,6 +80,9 @@ type ImageSpec struct {
 	LayerSize int64
 	// Seed makes the content (and so the digests) differ between images.
 	Seed uint64
+	// SmallPlatforms get one 4 KiB layer whatever Layers and LayerSize say: for benchmarks,
+	// where only the node platform's layers are pulled.
+	SmallPlatforms []string
 }
 
 // Push generates a multi-platform image per spec and pushes it as path:tag ("calico/node:v3.28.1"),
@@ -116,17 +122,36 @@ func Index(spec ImageSpec) (v1.ImageIndex, error) {
 		}
 		img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
 		img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
-		for li := 0; li < spec.Layers; li++ {
-			data := layerTar(spec.Seed*1000+uint64(pi)*100+uint64(li), spec.LayerSize)
-			layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
-				return io.NopCloser(bytes.NewReader(data)), nil
-			}, tarball.WithMediaType(types.OCILayer), tarball.WithCompressedCaching)
-			if err != nil {
-				return nil, err
-			}
-			if img, err = mutate.AppendLayers(img, layer); err != nil {
-				return nil, err
-			}
+		n, size := spec.Layers, spec.LayerSize
+		if slices.Contains(spec.SmallPlatforms, p) {
+			n, size = 1, 4<<10
+		}
+		layers := make([]v1.Layer, n)
+		var g errgroup.Group
+		g.SetLimit(runtime.NumCPU())
+		for li := range layers {
+			g.Go(func() error {
+				data := layerTar(spec.Seed*1000+uint64(pi)*100+uint64(li), size)
+				layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+					return io.NopCloser(bytes.NewReader(data)), nil
+				}, tarball.WithMediaType(types.OCILayer), tarball.WithCompressedCaching)
+				if err != nil {
+					return err
+				}
+				// Compress now, in parallel; the push reuses the cached result.
+				if _, err := layer.Digest(); err != nil {
+					return err
+				}
+				layers[li] = layer
+				return nil
+			})
+		}
+		if err := g.Wait(); err != nil {
+			return nil, err
+		}
+		img, err = mutate.AppendLayers(img, layers...)
+		if err != nil {
+			return nil, err
 		}
 		cf, err := img.ConfigFile()
 		if err != nil {
@@ -147,7 +172,7 @@ func Index(spec ImageSpec) (v1.ImageIndex, error) {
 // totalling about size bytes, fully determined by seed.
 func layerTar(seed uint64, size int64) []byte {
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
-	words := make([]string, 512)
+	words := make([]string, 64)
 	for i := range words {
 		var b strings.Builder
 		for j := 0; j < 3+rng.IntN(8); j++ {
@@ -162,9 +187,9 @@ func layerTar(seed uint64, size int64) []byte {
 		want := min(fileSize, size-int64(n)*fileSize)
 		var content bytes.Buffer
 		for int64(content.Len()) < want {
-			if rng.IntN(4) == 0 {
+			if rng.IntN(24) == 0 {
 				// Some incompressible bytes, as binaries have.
-				var raw [64]byte
+				var raw [16]byte
 				for i := range raw {
 					raw[i] = byte(rng.Uint32())
 				}

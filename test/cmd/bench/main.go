@@ -1,0 +1,390 @@
+// Command bench measures precache against ctr on the same loopback registry and the same
+// containerd build, in the same run, alternating: pulling a Calico-like set of 4 multi-arch
+// images (~500 MB compressed for the node platform) into a fresh k8s.io namespace, and the
+// whole-process time of a no-op bootstrap. It prints a Markdown report (docs/benchmarks.md).
+//
+// The registry is Debian's docker-registry (distribution) with a filesystem root cached
+// between runs, so the images are generated once.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/precache/precache/internal/manifest"
+	"github.com/precache/precache/test/testenv"
+)
+
+const calicoVersion = "v3.28.1"
+
+// imageSizes shape the set like Calico's: a big node image, a large cni, two smaller ones.
+// Uncompressed MiB per layer × layers; the generated content compresses about 2.6:1.
+var imageSizes = map[string]struct{ layers, mib int }{
+	"node":             {8, 75},
+	"cni":              {6, 75},
+	"kube-controllers": {4, 60},
+	"typha":            {4, 50},
+}
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+type tool struct {
+	name string
+	run  func(ctx context.Context, c *testenv.Containerd) (sample, error)
+}
+
+type sample struct {
+	wall   time.Duration
+	maxRSS int64 // KiB, largest client process
+}
+
+func run() error {
+	var (
+		precache = flag.String("precache", "bin/precache", "precache binary")
+		rounds   = flag.Int("rounds", 3, "rounds of each tool, alternating")
+		noops    = flag.Int("noops", 20, "no-op bootstrap runs to time")
+		regBin   = flag.String("registry", "/usr/bin/docker-registry", "docker-registry (distribution) binary")
+		cacheDir = flag.String("cache", filepath.Join(testenv.ToolsDir(), "..", "bench-registry"), "registry storage kept between runs")
+	)
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	bin, err := filepath.Abs(*precache)
+	if err != nil {
+		return err
+	}
+	ctrBin := testenv.CtrBinary()
+	for _, b := range []string{bin, ctrBin, *regBin, testenv.ContainerdBinary(), "/usr/bin/time"} {
+		if _, err := os.Stat(b); err != nil {
+			return fmt.Errorf("%w (make tools; apt-get install docker-registry time)", err)
+		}
+	}
+
+	regAddr, stopReg, err := startRegistry(ctx, *regBin, *cacheDir)
+	if err != nil {
+		return err
+	}
+	defer stopReg()
+	refs, totals, err := ensureImages(ctx, regAddr, *cacheDir)
+	if err != nil {
+		return err
+	}
+	hosts, err := os.MkdirTemp("", "precache-bench-hosts-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(hosts)
+	if err := testenv.WriteHostsDir(hosts, "http://"+regAddr, "docker.io"); err != nil {
+		return err
+	}
+
+	ctrPull := func(ctx context.Context, c *testenv.Containerd, ref string) (sample, error) {
+		return timed(exec.CommandContext(ctx, ctrBin, "--address", c.Address, "-n", "k8s.io", "images", "pull", "--local",
+			"--hosts-dir", hosts, "--snapshotter", "overlayfs", ref))
+	}
+	tools := []tool{
+		{"precache bootstrap", func(ctx context.Context, c *testenv.Containerd) (sample, error) {
+			return timed(exec.CommandContext(ctx, bin, "bootstrap", "--calico-version", calicoVersion,
+				"--containerd-address", c.Address, "--hosts-dir", hosts, "--log-format", "json"))
+		}},
+		{"ctr pull --local, one after another", func(ctx context.Context, c *testenv.Containerd) (sample, error) {
+			var total sample
+			start := time.Now()
+			for _, ref := range refs {
+				s, err := ctrPull(ctx, c, ref)
+				if err != nil {
+					return s, err
+				}
+				total.maxRSS = max(total.maxRSS, s.maxRSS)
+			}
+			total.wall = time.Since(start)
+			return total, nil
+		}},
+		{"ctr pull --local, 4 at once", func(ctx context.Context, c *testenv.Containerd) (sample, error) {
+			start := time.Now()
+			errs := make(chan error, len(refs))
+			rss := make(chan int64, len(refs))
+			for _, ref := range refs {
+				go func() {
+					s, err := ctrPull(ctx, c, ref)
+					rss <- s.maxRSS
+					errs <- err
+				}()
+			}
+			var total sample
+			for range refs {
+				if err := <-errs; err != nil {
+					return total, err
+				}
+				total.maxRSS += <-rss // four processes at once: their memory adds up
+			}
+			total.wall = time.Since(start)
+			return total, nil
+		}},
+	}
+
+	results := make([][]sample, len(tools))
+	for round := 0; round < *rounds; round++ {
+		for k := range tools {
+			i := (k + round) % len(tools) // rotate who goes first
+			s, err := once(ctx, tools[i])
+			if err != nil {
+				return fmt.Errorf("%s: %w", tools[i].name, err)
+			}
+			fmt.Fprintf(os.Stderr, "round %d: %-40s %8s  maxrss %d MiB\n", round+1, tools[i].name, s.wall.Round(time.Millisecond), s.maxRSS/1024)
+			results[i] = append(results[i], s)
+		}
+	}
+
+	noop, noopCtr, err := measureNoop(ctx, bin, hosts, *noops, ctrPull, refs[0])
+	if err != nil {
+		return err
+	}
+	report(os.Stdout, tools, results, noop, noopCtr, totals, *rounds)
+	return nil
+}
+
+func once(ctx context.Context, t tool) (sample, error) {
+	c, err := testenv.StartContainerd(ctx, testenv.ContainerdOptions{})
+	if err != nil {
+		return sample{}, err
+	}
+	defer c.Stop()
+	syncDisk()
+	return t.run(ctx, c)
+}
+
+// syncDisk flushes the previous round's writes so they are not charged to this one.
+func syncDisk() { syscall.Sync() }
+
+// timed runs cmd under /usr/bin/time for its peak RSS: Linux charges a child exec'd
+// straight from this (large) process with this process's high-water mark, so the
+// measurement needs a small launcher in between.
+func timed(cmd *exec.Cmd) (sample, error) {
+	f, err := os.CreateTemp("", "precache-bench-rss-")
+	if err != nil {
+		return sample{}, err
+	}
+	f.Close()
+	defer os.Remove(f.Name())
+	args := append([]string{"-f", "%M", "-o", f.Name()}, cmd.Args...)
+	wrapped := exec.CommandContext(context.Background(), "/usr/bin/time", args...)
+	wrapped.Env = cmd.Env
+	var out strings.Builder
+	wrapped.Stdout, wrapped.Stderr = io.Discard, &out
+	start := time.Now()
+	err = wrapped.Run()
+	s := sample{wall: time.Since(start)}
+	if data, rerr := os.ReadFile(f.Name()); rerr == nil {
+		fields := strings.Fields(string(data))
+		if len(fields) > 0 {
+			s.maxRSS, _ = strconv.ParseInt(fields[len(fields)-1], 10, 64)
+		}
+	}
+	if err != nil {
+		return s, fmt.Errorf("%s: %v: %s", strings.Join(cmd.Args, " "), err, tailLines(out.String(), 5))
+	}
+	return s, nil
+}
+
+func measureNoop(ctx context.Context, bin, hosts string, n int, ctrPull func(context.Context, *testenv.Containerd, string) (sample, error), ref string) ([]sample, []sample, error) {
+	c, err := testenv.StartContainerd(ctx, testenv.ContainerdOptions{})
+	if err != nil {
+		return nil, nil, err
+	}
+	defer c.Stop()
+	args := []string{"bootstrap", "--calico-version", calicoVersion, "--containerd-address", c.Address, "--hosts-dir", hosts, "--log-format", "json"}
+	if _, err := timed(exec.CommandContext(ctx, bin, args...)); err != nil {
+		return nil, nil, err
+	}
+	var out, outCtr []sample
+	for i := 0; i < n; i++ {
+		s, err := timed(exec.CommandContext(ctx, bin, args...))
+		if err != nil {
+			return nil, nil, err
+		}
+		out = append(out, s)
+		// ctr has no "already present" mode: a pull of a present image still asks the registry.
+		s, err = ctrPull(ctx, c, ref)
+		if err != nil {
+			return nil, nil, err
+		}
+		outCtr = append(outCtr, s)
+	}
+	return out, outCtr, nil
+}
+
+func median(ss []sample) sample {
+	w := make([]time.Duration, len(ss))
+	r := make([]int64, len(ss))
+	for i, s := range ss {
+		w[i], r[i] = s.wall, s.maxRSS
+	}
+	slices.Sort(w)
+	slices.Sort(r)
+	return sample{wall: w[len(w)/2], maxRSS: r[len(r)/2]}
+}
+
+func report(w io.Writer, tools []tool, results [][]sample, noop, noopCtr []sample, totals setSize, rounds int) {
+	fmt.Fprintf(w, "Run %s on %d cores (%s), containerd %s and ctr built from the module proxy, registry: Debian docker-registry on loopback.\n\n",
+		time.Now().UTC().Format("2006-01-02 15:04 MST"), runtime.NumCPU(), runtime.GOARCH, testenv.ContainerdVersion)
+	fmt.Fprintf(w, "Image set: 4 images (calico/node, cni, kube-controllers, typha %s), OCI index linux/amd64 + linux/arm64, %d layers, %.0f MiB compressed / %.0f MiB uncompressed for the node platform.\n\n",
+		calicoVersion, totals.layers, float64(totals.compressed)/(1<<20), float64(totals.uncompressed)/(1<<20))
+	fmt.Fprintf(w, "Pull into a fresh containerd (k8s.io, overlayfs, unpacked), %d rounds alternating, median:\n\n", rounds)
+	fmt.Fprintln(w, "| tool | wall (median) | all rounds | peak client RSS | ratio to ctr one after another |")
+	fmt.Fprintln(w, "|---|---|---|---|---|")
+	base := median(results[1]).wall
+	for i, t := range tools {
+		m := median(results[i])
+		var all []string
+		for _, s := range results[i] {
+			all = append(all, s.wall.Round(10*time.Millisecond).String())
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %d MiB | %.2f |\n", t.name, m.wall.Round(10*time.Millisecond), strings.Join(all, ", "), m.maxRSS/1024, float64(m.wall)/float64(base))
+	}
+	mn, mc := median(noop), median(noopCtr)
+	slices.SortFunc(noop, func(a, b sample) int { return int(a.wall - b.wall) })
+	fmt.Fprintf(w, "\nNo-op (all 4 images already right), whole process, %d runs: precache bootstrap median %s, max %s, peak RSS %d MiB. For scale, one `ctr images pull --local` of one present image: median %s.\n",
+		len(noop), mn.wall.Round(100*time.Microsecond), noop[len(noop)-1].wall.Round(100*time.Microsecond), mn.maxRSS/1024, mc.wall.Round(100*time.Microsecond))
+}
+
+func tailLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// startRegistry runs docker-registry on a free loopback port with storage in dir.
+func startRegistry(ctx context.Context, bin, dir string) (string, func(), error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", nil, err
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	addr := l.Addr().String()
+	l.Close()
+	cfg := filepath.Join(dir, "config.yml")
+	conf := fmt.Sprintf("version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n", filepath.Join(dir, "data"), addr)
+	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
+		return "", nil, err
+	}
+	cmd := exec.Command(bin, "serve", cfg)
+	var logb strings.Builder
+	cmd.Stdout, cmd.Stderr = &logb, &logb
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return "", nil, err
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	stopFn := func() { _ = cmd.Process.Kill(); <-exited }
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		resp, err := http.Get("http://" + addr + "/v2/")
+		if err == nil {
+			resp.Body.Close()
+			select {
+			case <-exited:
+				return "", nil, fmt.Errorf("docker-registry exited: %s", logb.String())
+			default:
+				return addr, stopFn, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			stopFn()
+			return "", nil, fmt.Errorf("docker-registry did not answer on %s: %s", addr, logb.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+type setSize struct {
+	layers                   int
+	compressed, uncompressed int64
+}
+
+// ensureImages pushes the set once (stamped in dir) and returns its references.
+func ensureImages(ctx context.Context, addr, dir string) ([]string, setSize, error) {
+	set, err := manifest.Build(manifest.Options{Version: calicoVersion})
+	if err != nil {
+		return nil, setSize{}, err
+	}
+	var refs []string
+	var size setSize
+	stamp := filepath.Join(dir, "pushed-v1")
+	_, stampErr := os.Stat(stamp)
+	for i, img := range set {
+		refs = append(refs, img.Ref.String())
+		sz := imageSizes[img.Component]
+		spec := testenv.ImageSpec{Layers: sz.layers, LayerSize: int64(sz.mib) << 20, Seed: uint64(i + 1), SmallPlatforms: []string{"linux/arm64"}}
+		target := addr + "/" + img.Ref.Path() + ":" + img.Ref.Tag
+		if stampErr != nil {
+			fmt.Fprintf(os.Stderr, "bench: generating and pushing %s (%d × %d MiB, once; cached in %s)\n", img.Ref, sz.layers, sz.mib, dir)
+			if _, err := (&testenv.Registry{Host: addr}).Push(ctx, img.Ref.Path(), img.Ref.Tag, spec); err != nil {
+				return nil, size, err
+			}
+		}
+		n, c, u, err := measure(ctx, target)
+		if err != nil {
+			return nil, size, err
+		}
+		size.layers += n
+		size.compressed += c
+		size.uncompressed += u
+	}
+	if stampErr != nil {
+		if err := os.WriteFile(stamp, []byte(time.Now().String()), 0o644); err != nil {
+			return nil, size, err
+		}
+	}
+	return refs, size, nil
+}
+
+// measure reads the node platform's layer sizes from the registry.
+func measure(ctx context.Context, target string) (layers int, compressed, uncompressed int64, err error) {
+	ref, err := name.ParseReference(target, name.Insecure)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	img, err := remote.Image(ref, remote.WithContext(ctx))
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	m, err := img.Manifest()
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	for _, l := range m.Layers {
+		layers++
+		compressed += l.Size
+	}
+	imgSize := imageSizes[strings.TrimPrefix(ref.Context().RepositoryStr(), "calico/")]
+	uncompressed = int64(imgSize.layers) * int64(imgSize.mib) << 20
+	return layers, compressed, uncompressed, nil
+}
