@@ -115,11 +115,17 @@ func (e *Ensurer) Ensure(ctx context.Context, set []manifest.Image) ([]Result, e
 type SetError struct {
 	Failed, Total int
 	Errs          []error
+	// What, if set, says what became of the whole set ("bundle rejected, nothing imported").
+	What string
 }
 
 func (e *SetError) Error() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%d of %d images not right:", e.Failed, e.Total)
+	fmt.Fprintf(&b, "%d of %d images not right", e.Failed, e.Total)
+	if e.What != "" {
+		fmt.Fprintf(&b, " (%s)", e.What)
+	}
+	b.WriteString(":")
 	for _, err := range e.Errs {
 		b.WriteString("\n  ")
 		b.WriteString(err.Error())

@@ -1,0 +1,203 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"go.uber.org/zap"
+
+	"github.com/precache/precache/internal/bundle"
+	"github.com/precache/precache/internal/manifest"
+)
+
+// BlobStore is a Store that can also take a bundle's blobs.
+type BlobStore interface {
+	Store
+	bundle.Sink
+	// Adopt sets the garbage-collection references from target to its stored children,
+	// so the content lives once a record points at target.
+	Adopt(ctx context.Context, target ocispec.Descriptor) error
+}
+
+// ImportOptions tune Import.
+type ImportOptions struct {
+	// BaseName names images the bundle gives only a tag for, or none.
+	BaseName string
+	// Lock, if set, is checked instead of the bundle's embedded lock.
+	Lock *manifest.Lock
+	// LockSource names Lock in messages.
+	LockSource string
+}
+
+// ImportResult reports an import.
+type ImportResult struct {
+	Bundle  *bundle.Result
+	Results []Result
+	// Notes are things the user should know that are not failures (legacy tars).
+	Notes    []string
+	Duration time.Duration
+}
+
+// ErrPlatformMissing: the bundle does not carry the node's platform for an image.
+var ErrPlatformMissing = errors.New("node platform missing from the bundle")
+
+// Import reads a bundle from r into the store and records its images, pinned, exactly as
+// a pull would. It is atomic: every blob is verified and every image checked against the
+// lock, completeness and unpacked before the first image record is created, so a bundle
+// that fails any check leaves the image list as it was. Images already right are skipped;
+// a precache bundle whose images are all right is not even read past its index.
+func (e *Ensurer) Import(ctx context.Context, store BlobStore, r io.Reader, opts ImportOptions) (*ImportResult, error) {
+	start := time.Now()
+	out := &ImportResult{}
+	ctx, done, err := store.WithLease(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		if err := done(rctx); err != nil {
+			e.log.Warn("releasing lease", zap.Error(err))
+		}
+	}()
+
+	res, err := bundle.Read(ctx, r, store, bundle.Options{
+		BaseName: opts.BaseName,
+		Early: func(ctx context.Context, imgs []bundle.Image, embedded *manifest.Lock) (bool, error) {
+			lock, _ := pickLock(opts, embedded)
+			return e.allRight(ctx, store, imgs, lock)
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	out.Bundle = res
+	lock, lockSource := pickLock(opts, res.Lock)
+	if res.Skipped {
+		for _, img := range res.Images {
+			out.Results = append(out.Results, Result{Image: bundleImage(img, "bundle"), Digest: img.Target.Digest, Actions: []Action{ActionNone}})
+		}
+		out.Duration = time.Since(start)
+		return out, nil
+	}
+
+	// 1. Verify every image before touching any record.
+	type work struct {
+		img    bundle.Image
+		health Health
+	}
+	var (
+		todo      []work
+		errs      []error
+		platforms []error
+	)
+	for _, img := range res.Images {
+		if img.Name == "" {
+			errs = append(errs, fmt.Errorf("image %s has no name: pass --base-name", img.Target.Digest))
+			continue
+		}
+		if want, ok := lock.Lookup(manifest.MustParseRef(img.Name)); ok {
+			switch {
+			case img.Synthesized:
+				out.Notes = append(out.Notes, fmt.Sprintf("%s: a legacy docker save tar does not keep the registry's manifest digest (containerd synthesises one), so it cannot be checked against %s; its config and layer digests were verified instead", img.Name, lockSource))
+			case img.Target.Digest != want:
+				errs = append(errs, fmt.Errorf("%s: %w: the bundle has %s but %s expects %s", img.Name, ErrDigestMismatch, img.Target.Digest, lockSource, want))
+				continue
+			}
+		}
+		if err := store.Adopt(ctx, img.Target); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", img.Name, err))
+			continue
+		}
+		h, err := store.Check(ctx, img.Target)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", img.Name, err))
+			continue
+		}
+		if !h.Complete {
+			platforms = append(platforms, fmt.Errorf("%s: %w (missing %v); it was stored, not unpacked: bring a bundle made with --platform including this node's", img.Name, ErrPlatformMissing, h.Missing))
+		}
+		todo = append(todo, work{img: img, health: h})
+	}
+	if len(errs) > 0 {
+		return out, &SetError{Failed: len(errs), Total: len(res.Images), Errs: errs, What: "bundle rejected, nothing imported"}
+	}
+
+	// 2. Unpack what the node will run.
+	for i, w := range todo {
+		if w.health.Complete && !w.health.Unpacked {
+			if err := store.Unpack(ctx, w.img.Target); err != nil {
+				return out, &SetError{Failed: 1, Total: len(res.Images), What: "bundle rejected, nothing imported",
+					Errs: []error{fmt.Errorf("%s: unpacking: %w", w.img.Name, err)}}
+			}
+			todo[i].health.Unpacked = true
+		}
+	}
+
+	// 3. Only now record the images, under the names a CRI pull would create.
+	for _, w := range todo {
+		ref := manifest.MustParseRef(w.img.Name)
+		ref.Digest = ""
+		st := inspect(ctx, store, manifest.Image{Ref: ref})
+		if st.err != nil {
+			return out, st.err
+		}
+		changed, err := e.record(ctx, ref, w.img.Target, st.records)
+		if err != nil {
+			return out, err
+		}
+		r := Result{Image: bundleImage(w.img, "bundle"), Digest: w.img.Target.Digest}
+		switch {
+		case !w.health.Complete:
+			r.Err = ErrPlatformMissing
+		case changed || (st.record != nil && st.record.Target.Digest != w.img.Target.Digest):
+			r.Actions = []Action{ActionImported}
+		default:
+			r.Actions = []Action{ActionNone}
+		}
+		out.Results = append(out.Results, r)
+	}
+	out.Duration = time.Since(start)
+	if len(platforms) > 0 {
+		return out, &SetError{Failed: len(platforms), Total: len(res.Images), Errs: platforms}
+	}
+	return out, nil
+}
+
+// ActionImported: the image came from a bundle.
+const ActionImported Action = "imported"
+
+func pickLock(opts ImportOptions, embedded *manifest.Lock) (*manifest.Lock, string) {
+	if opts.Lock != nil {
+		return opts.Lock, opts.LockSource
+	}
+	return embedded, "the bundle's lock"
+}
+
+func bundleImage(img bundle.Image, source string) manifest.Image {
+	ref := manifest.MustParseRef(img.Name)
+	return manifest.Image{Ref: ref, Source: source}
+}
+
+// allRight reports whether every image is already right (and matches the lock).
+func (e *Ensurer) allRight(ctx context.Context, store Store, imgs []bundle.Image, lock *manifest.Lock) (bool, error) {
+	for _, img := range imgs {
+		if img.Name == "" {
+			return false, nil
+		}
+		ref := manifest.MustParseRef(img.Name)
+		if want, ok := lock.Lookup(ref); ok && want != img.Target.Digest {
+			return false, nil // let the full read report the mismatch
+		}
+		ref.Digest = img.Target.Digest
+		st := inspect(ctx, store, manifest.Image{Ref: ref})
+		if st.err != nil || !st.Row.OK() {
+			return false, nil
+		}
+	}
+	return true, nil
+}

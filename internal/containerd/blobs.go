@@ -1,0 +1,93 @@
+package containerd
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/errdefs"
+	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/precache/precache/internal/bundle"
+)
+
+var _ bundle.Sink = (*Store)(nil)
+
+// Has reports whether the content store holds d at size.
+func (s *Store) Has(ctx context.Context, d digest.Digest, size int64) (bool, error) {
+	info, err := s.client.ContentStore().Info(s.ctx(ctx), d)
+	if errdefs.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, grpcCause(err)
+	}
+	return info.Size == size, nil
+}
+
+var writeSeq atomic.Int64
+
+// Write streams size bytes into the content store. The store verifies the size, and the
+// digest when expected is given; otherwise the digest is computed as the bytes go by.
+// Call it under WithLease: nothing references the blob until image records are created.
+func (s *Store) Write(ctx context.Context, r io.Reader, size int64, expected digest.Digest) (digest.Digest, error) {
+	ctx = s.ctx(ctx)
+	cs := s.client.ContentStore()
+	ref := "precache-import-" + strconv.FormatInt(time.Now().UnixNano(), 36) + "-" + strconv.FormatInt(writeSeq.Add(1), 36)
+	if expected != "" {
+		ref = "precache-import-" + expected.String()
+	}
+	w, err := content.OpenWriter(ctx, cs, content.WithRef(ref), content.WithDescriptor(ocispec.Descriptor{Digest: expected, Size: size}))
+	if err != nil {
+		if errdefs.IsAlreadyExists(err) {
+			_, err = io.Copy(io.Discard, r)
+			return expected, err
+		}
+		return "", grpcCause(err)
+	}
+	defer w.Close()
+	// A resumed ingest (an earlier, killed run) may hold a prefix: start over.
+	if err := w.Truncate(0); err != nil {
+		return "", grpcCause(err)
+	}
+	n, err := io.Copy(w, r)
+	if err != nil {
+		return "", err
+	}
+	if n != size {
+		return "", fmt.Errorf("%d bytes, the archive declares %d (truncated?)", n, size)
+	}
+	got := w.Digest()
+	if expected != "" && got != expected {
+		return "", fmt.Errorf("content hashes to %s, not %s (corrupted)", got, expected)
+	}
+	if err := w.Commit(ctx, size, got); err != nil && !errdefs.IsAlreadyExists(err) {
+		return "", grpcCause(err)
+	}
+	return got, nil
+}
+
+// Adopt labels target and the manifests under it with garbage-collection references to
+// their children, as a pull does, so the content stays alive once an image record points
+// at target. Children a bundle does not carry (other platforms) are skipped.
+func (s *Store) Adopt(ctx context.Context, target ocispec.Descriptor) error {
+	ctx = s.ctx(ctx)
+	cs := s.client.ContentStore()
+	children := images.HandlerFunc(func(ctx context.Context, desc ocispec.Descriptor) ([]ocispec.Descriptor, error) {
+		c, err := images.Children(ctx, cs, desc)
+		if errdefs.IsNotFound(err) {
+			return nil, nil
+		}
+		return c, err
+	})
+	if err := images.Walk(ctx, images.SetChildrenLabels(cs, children), target); err != nil {
+		return grpcCause(err)
+	}
+	return nil
+}
