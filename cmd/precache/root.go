@@ -68,6 +68,8 @@ then restart calico-node without pulling anything.`,
 		newBootstrapCommand(a),
 		newStatusCommand(a),
 		newImagesCommand(a),
+		newImportCommand(a),
+		newBundleCommand(a),
 		newVersionCommand(),
 	)
 	return cmd

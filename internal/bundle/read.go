@@ -116,7 +116,7 @@ func Read(ctx context.Context, r io.Reader, sink Sink, opts Options) (*Result, e
 	guarded := &bombGuard{r: plain, in: counted, ratio: opts.MaxRatio}
 	rd := &reader{
 		ctx: ctx, sink: sink, opts: opts,
-		res: &Result{Compression: compression, Descriptors: map[digest.Digest]ocispec.Descriptor{}, Documents: map[digest.Digest][]byte{}},
+		res:   &Result{Compression: compression, Descriptors: map[digest.Digest]ocispec.Descriptor{}, Documents: map[digest.Digest][]byte{}},
 		files: map[string]digest.Digest{}, sizes: map[string]int64{}, links: map[string]string{}, small: map[string][]byte{}, magic: map[string]string{}, seen: map[string]int64{},
 	}
 	if err := rd.run(tar.NewReader(guarded)); err != nil {
@@ -350,9 +350,14 @@ func (rd *reader) store(name string, size int64, d digest.Digest, r io.Reader) (
 			return "", err
 		}
 		if have {
-			// Already stored: read past it (a stream cannot seek).
-			if _, err := io.CopyN(io.Discard, r, size); err != nil {
+			// Already stored: nothing to write, but the bundle's copy is still verified, so
+			// a corrupted bundle is reported before it is carried to another node.
+			v := d.Verifier()
+			if _, err := io.CopyN(v, r, size); err != nil {
 				return "", invalid("%s: %v (truncated?)", name, err)
+			}
+			if !v.Verified() {
+				return "", invalid("%s: content does not match its digest (corrupted)", name)
 			}
 			return d, nil
 		}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/errdefs"
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -19,16 +20,31 @@ import (
 
 var _ bundle.Sink = (*Store)(nil)
 
-// Has reports whether the content store holds d at size.
+// Has reports whether the content store holds d at size, and if so adds it to the lease
+// in ctx: content nothing references (left by an earlier, failed import) would otherwise
+// be garbage-collected between this check and the image record that will reference it.
 func (s *Store) Has(ctx context.Context, d digest.Digest, size int64) (bool, error) {
-	info, err := s.client.ContentStore().Info(s.ctx(ctx), d)
+	ctx = s.ctx(ctx)
+	info, err := s.client.ContentStore().Info(ctx, d)
 	if errdefs.IsNotFound(err) {
 		return false, nil
 	}
 	if err != nil {
 		return false, grpcCause(err)
 	}
-	return info.Size == size, nil
+	if info.Size != size {
+		return false, nil
+	}
+	if id, ok := leases.FromContext(ctx); ok {
+		err := s.client.LeasesService().AddResource(ctx, leases.Lease{ID: id}, leases.Resource{ID: d.String(), Type: "content"})
+		if errdefs.IsNotFound(err) {
+			return false, nil // collected meanwhile: write it again
+		}
+		if err != nil {
+			return false, grpcCause(err)
+		}
+	}
+	return true, nil
 }
 
 var writeSeq atomic.Int64

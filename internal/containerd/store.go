@@ -249,10 +249,7 @@ func (s *Store) WithLease(ctx context.Context) (context.Context, func(context.Co
 // too, so the record keeps the registry's index digest and can be exported whole later.
 func (s *Store) Fetch(ctx context.Context, ref string, target ocispec.Descriptor) (retErr error) {
 	ctx = s.ctx(ctx)
-	name, err := resolverName(ref)
-	if err != nil {
-		return err
-	}
+	name := ref
 	fetcher, err := s.resolver.Fetcher(ctx, name)
 	if err != nil {
 		return classify(err)
@@ -310,14 +307,6 @@ func (s *Store) Fetch(ctx context.Context, ref string, target ocispec.Descriptor
 		}
 	}
 	return nil
-}
-
-// resolverName strips nothing but validates: the docker resolver wants "name[:tag]@digest" or "name:tag".
-func resolverName(ref string) (string, error) {
-	if ref == "" {
-		return "", fmt.Errorf("empty reference")
-	}
-	return ref, nil
 }
 
 // newResolver builds containerd's own registry resolver from a hosts.toml directory,

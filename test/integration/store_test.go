@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"net"
 	"os"
 	"path/filepath"
@@ -129,4 +130,13 @@ func deadSocket(t *testing.T) string {
 	l.(*net.UnixListener).SetUnlinkOnClose(false)
 	l.Close()
 	return path
+}
+
+func mustJSON(t *testing.T, v any) []byte {
+	t.Helper()
+	data, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
 }
