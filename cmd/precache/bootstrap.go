@@ -1,59 +1,248 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
+	"net"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
+	"go.uber.org/zap"
 
 	"github.com/precache/precache/internal/cache"
+	pcontainerd "github.com/precache/precache/internal/containerd"
+	"github.com/precache/precache/internal/dns"
+	"github.com/precache/precache/internal/manifest"
 )
 
+// processStart anchors --dns-timeout: the fallback decision is due that long after the
+// process started, whatever came before the first lookup.
+var processStart = time.Now()
+
+const decisionMargin = 50 * time.Millisecond
+
+type bootstrapFlags struct {
+	set         setFlags
+	store       storeFlags
+	parallel    int
+	bundle      string
+	baseName    string
+	dnsTimeout  time.Duration
+	dnsFallback []string
+}
+
 func newBootstrapCommand(a *app) *cobra.Command {
-	var (
-		set      setFlags
-		sf       storeFlags
-		parallel int
-	)
+	var f bootstrapFlags
 	cmd := &cobra.Command{
 		Use:   "bootstrap",
 		Short: "Make the node's image cache right, then exit (run before the kubelet)",
 		Long: `bootstrap makes every image of the set present in containerd under the names the CRI
 uses (repo:tag and repo@digest), verified against the expected digests, complete, unpacked
 into the snapshotter and pinned. Images already right are not touched and need no network.
+
+With --bundle it survives dead DNS: if a registry's name does not resolve within
+--dns-timeout of the start (glibc would wait 20 s or more per lookup), or the pull fails,
+it imports the bundle instead, and says which path it took. --dns-fallback resolves the
+registry names through the given servers, in-process, without touching the node's DNS.
+
 It exits 0 when every image is right, 1 naming each image that is not.`,
 		Example: `  precache bootstrap --calico-version v3.28.1
-  precache bootstrap --calico-version v3.28.1 --registry registry.local:5000 --lock calico.lock`,
+  precache bootstrap --calico-version v3.28.1 --bundle /var/lib/precache/calico-v3.28.1.tar.zst
+  precache bootstrap --calico-version v3.28.1 --dns-fallback 1.1.1.1,8.8.8.8 --lock calico.lock`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			images, err := set.build()
-			if err != nil {
-				return err
-			}
-			start := time.Now()
-			store, err := a.openStore(cmd.Context(), sf)
-			if err != nil {
-				return err
-			}
-			defer store.Close()
-			e := cache.NewEnsurer(store, cache.Options{Parallel: parallel, Logger: a.log})
-			results, err := e.Ensure(cmd.Context(), images)
-			printResults(cmd.OutOrStdout(), results, time.Since(start))
-			if err != nil {
-				return fmt.Errorf("%w%s", err, hint(err))
-			}
-			return nil
-		},
+		RunE: func(cmd *cobra.Command, _ []string) error { return a.bootstrap(cmd.Context(), cmd.OutOrStdout(), f) },
 	}
-	set.register(cmd.Flags())
-	cmd.Flags().IntVar(&parallel, "parallel", 4, "images worked on at once")
-	annotateEnv(cmd.Flags().Lookup("parallel"), "PRECACHE_PARALLEL")
-	cmd.Flags().IntVar(&sf.maxDownloads, "max-concurrent-downloads", 6, "layer downloads at once, across all images")
-	annotateEnv(cmd.Flags().Lookup("max-concurrent-downloads"), "PRECACHE_MAX_CONCURRENT_DOWNLOADS")
+	fl := cmd.Flags()
+	f.set.register(fl)
+	fl.IntVar(&f.parallel, "parallel", 4, "images worked on at once")
+	annotateEnv(fl.Lookup("parallel"), "PRECACHE_PARALLEL")
+	fl.IntVar(&f.store.maxDownloads, "max-concurrent-downloads", 6, "layer downloads at once, across all images")
+	annotateEnv(fl.Lookup("max-concurrent-downloads"), "PRECACHE_MAX_CONCURRENT_DOWNLOADS")
+	envFlag(fl, &f.bundle, "bundle", "PRECACHE_BUNDLE", "", "offline bundle to import when the registry cannot be used (precache bundle makes one)")
+	envFlag(fl, &f.baseName, "base-name", "PRECACHE_BASE_NAME", "", "repository for bundle images named only by tag (see precache import)")
+	fl.DurationVar(&f.dnsTimeout, "dns-timeout", 2*time.Second, "how long after the start registry names may take to resolve before falling back to --bundle")
+	annotateEnv(fl.Lookup("dns-timeout"), "PRECACHE_DNS_TIMEOUT")
+	fl.StringSliceVar(&f.dnsFallback, "dns-fallback", nil, "DNS servers (IP[:port]) to resolve registry names through when the node's resolver fails")
+	annotateEnv(fl.Lookup("dns-fallback"), "PRECACHE_DNS_FALLBACK")
 	return cmd
+}
+
+func (a *app) bootstrap(ctx context.Context, out io.Writer, f bootstrapFlags) error {
+	images, err := f.set.build()
+	if err != nil {
+		return err
+	}
+	var fallback *dnsResolverFlag
+	if len(f.dnsFallback) > 0 {
+		r, err := dns.Servers(f.dnsFallback)
+		if err != nil {
+			return &usageError{err}
+		}
+		fallback = &dnsResolverFlag{r: r, servers: strings.Join(f.dnsFallback, ",")}
+	}
+	if f.bundle != "" {
+		if _, err := os.Stat(f.bundle); err != nil {
+			// Not fatal: the registry may work. Said now, not when it is needed.
+			a.log.Warn("bundle not readable; it cannot serve as a fallback", zap.String("bundle", f.bundle), zap.Error(err))
+		}
+	}
+	store, err := a.openStore(ctx, f.store)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+
+	online := cache.NewEnsurer(store, cache.Options{Parallel: f.parallel, Logger: a.log})
+	path, reason := "registry", ""
+	if need := needsPull(ctx, store, images); len(need) > 0 {
+		// Decide within --dns-timeout of the start, leaving a few milliseconds for the decision itself.
+		failures := a.probeDNS(ctx, dns.System, need, processStart.Add(f.dnsTimeout-decisionMargin))
+		if len(failures) > 0 && fallback != nil {
+			a.log.Info("registry names do not resolve through the node's resolver; trying --dns-fallback", zap.String("servers", fallback.servers), zap.Any("failures", failureStrings(failures)))
+			if failures = a.probeDNS(ctx, fallback.r, need, time.Now().Add(f.dnsTimeout)); len(failures) == 0 {
+				if err := store.UseDNS(ctx, fallback.r); err != nil {
+					return err
+				}
+				reason = "registry names resolved through --dns-fallback " + fallback.servers
+			}
+		}
+		if len(failures) > 0 {
+			reason = "registry names did not resolve: " + strings.Join(failureStrings(failures), "; ")
+			if f.bundle == "" {
+				return fmt.Errorf("%s\nhint: pass --bundle FILE (precache bundle makes one) to import instead, or --dns-fallback IP to resolve through another server", reason)
+			}
+			path = "bundle"
+			a.log.Warn("falling back to the bundle", zap.String("bundle", f.bundle), zap.String("reason", reason), zap.Duration("since_start", time.Since(processStart)))
+		}
+	}
+
+	var results []cache.Result
+	if path == "registry" {
+		results, err = online.Ensure(ctx, images)
+		if err != nil && f.bundle != "" {
+			reason = "the pull failed: " + firstLine(err.Error())
+			path = "bundle"
+			a.log.Warn("falling back to the bundle", zap.String("bundle", f.bundle), zap.String("reason", reason), zap.Duration("since_start", time.Since(processStart)))
+		}
+	}
+	if path == "bundle" {
+		results, err = a.fromBundle(ctx, out, store, images, f)
+	}
+	printResults(out, results, time.Since(processStart))
+	line := "path: " + path
+	if reason != "" {
+		line += " (" + reason + ")"
+	}
+	fmt.Fprintln(out, line)
+	if err != nil {
+		return fmt.Errorf("%w%s", err, hint(err))
+	}
+	return nil
+}
+
+type dnsResolverFlag struct {
+	r       *net.Resolver
+	servers string
+}
+
+// fromBundle imports the bundle, then finishes the set without any registry.
+func (a *app) fromBundle(ctx context.Context, out io.Writer, store *pcontainerd.Store, images []manifest.Image, f bootstrapFlags) ([]cache.Result, error) {
+	in, _, err := openBundle(f.bundle)
+	if err != nil {
+		return nil, err
+	}
+	defer in.Close()
+	offline := cache.NewEnsurer(store, cache.Options{Parallel: f.parallel, Logger: a.log, Offline: true})
+	res, err := offline.Import(ctx, store, in, cache.ImportOptions{BaseName: f.baseName})
+	if err != nil && !errors.Is(err, cache.ErrPlatformMissing) {
+		return nil, bundleError(f.bundle, err)
+	}
+	if res != nil {
+		for _, n := range res.Notes {
+			fmt.Fprintln(out, "note:", n)
+		}
+	}
+	return offline.Ensure(ctx, images)
+}
+
+// needsPull returns the images only a registry can make right (absent, another digest,
+// or content missing); the rest can be repaired from what containerd has.
+func needsPull(ctx context.Context, store cache.Store, images []manifest.Image) []manifest.Image {
+	rows, err := cache.Status(ctx, store, images)
+	if err != nil {
+		return images
+	}
+	var out []manifest.Image
+	for i, r := range rows {
+		if !r.Present && r.Digest == "" || !r.DigestOK || !r.Complete {
+			out = append(out, images[i])
+		}
+	}
+	return out
+}
+
+// probeDNS checks, per registry domain, that some host a pull would contact is an IP or
+// resolves before deadline; it returns the failures of the domains where none does.
+func (a *app) probeDNS(ctx context.Context, r *net.Resolver, images []manifest.Image, deadline time.Time) []dns.Failure {
+	byDomain := map[string][]string{}
+	for _, img := range images {
+		d := img.Ref.Domain()
+		if _, done := byDomain[d]; done {
+			continue
+		}
+		hosts, err := pcontainerd.RegistryHosts(ctx, a.global.hostsDir, d)
+		if err != nil {
+			a.log.Warn("reading registry hosts", zap.String("domain", d), zap.Error(err))
+			hosts = []string{d}
+		}
+		byDomain[d] = hosts
+	}
+	var all []string
+	for _, hosts := range byDomain {
+		all = append(all, hosts...)
+	}
+	failed := map[string]error{}
+	for _, fl := range dns.Probe(ctx, r, all, deadline) {
+		failed[fl.Host] = fl.Err
+	}
+	var out []dns.Failure
+	for _, hosts := range byDomain {
+		ok := false
+		for _, h := range hosts {
+			if _, bad := failed[h]; !bad {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			for _, h := range hosts {
+				out = append(out, dns.Failure{Host: h, Err: failed[h]})
+			}
+		}
+	}
+	return out
+}
+
+func failureStrings(fs []dns.Failure) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, f := range fs {
+		if !seen[f.Host] {
+			seen[f.Host] = true
+			out = append(out, f.Host+": "+f.Err.Error())
+		}
+	}
+	return out
+}
+
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(s, "\n")
+	return line
 }
 
 func printResults(w io.Writer, results []cache.Result, took time.Duration) {

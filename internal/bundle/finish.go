@@ -223,28 +223,53 @@ func (rd *reader) complete(target ocispec.Descriptor, name string) error {
 			if _, ok := rd.res.Documents[m.Digest]; !ok {
 				continue
 			}
-			found++
-			if err := rd.complete(m, label); err != nil {
+			carried, err := rd.completeManifest(m, label, true)
+			if err != nil {
 				return err
+			}
+			if carried {
+				found++
 			}
 		}
 		if found == 0 {
-			return invalid("%s: index %s references no manifest present in the bundle", label, target.Digest)
+			return invalid("%s: index %s: the bundle carries the layers of none of its platforms", label, target.Digest)
 		}
 	case images.IsManifestType(target.MediaType):
-		var m ocispec.Manifest
-		if err := json.Unmarshal(data, &m); err != nil {
-			return invalid("%s: manifest %s: %v", label, target.Digest, err)
-		}
-		for _, d := range append([]ocispec.Descriptor{m.Config}, m.Layers...) {
-			if !rd.has(d) {
-				return invalid("%s: manifest %s references %s (%d bytes), which is not in the bundle", label, target.Digest, d.Digest, d.Size)
-			}
+		if _, err := rd.completeManifest(target, label, false); err != nil {
+			return err
 		}
 	default:
 		return invalid("%s: unsupported media type %q", label, target.MediaType)
 	}
 	return nil
+}
+
+// completeManifest checks a manifest's config and layers are in the bundle. Under an index
+// (inIndex) a manifest with none of its layers is a platform the bundle does not carry
+// (precache bundle writes every platform's manifest and config, and the chosen platforms'
+// layers): carried is false. Some layers but not all is a broken bundle.
+func (rd *reader) completeManifest(desc ocispec.Descriptor, label string, inIndex bool) (carried bool, _ error) {
+	var m ocispec.Manifest
+	if err := json.Unmarshal(rd.res.Documents[desc.Digest], &m); err != nil {
+		return false, invalid("%s: manifest %s: %v", label, desc.Digest, err)
+	}
+	var missing []ocispec.Descriptor
+	for _, d := range m.Layers {
+		if !rd.has(d) {
+			missing = append(missing, d)
+		}
+	}
+	if inIndex && len(m.Layers) > 0 && len(missing) == len(m.Layers) {
+		return false, nil
+	}
+	if !rd.has(m.Config) {
+		missing = append([]ocispec.Descriptor{m.Config}, missing...)
+	}
+	if len(missing) > 0 {
+		d := missing[0]
+		return false, invalid("%s: manifest %s references %s (%d bytes), which is not in the bundle", label, desc.Digest, d.Digest, d.Size)
+	}
+	return true, nil
 }
 
 // has reports whether the bundle carried d (or the store already had it) at its declared size.

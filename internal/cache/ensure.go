@@ -34,7 +34,13 @@ type Options struct {
 	Parallel int
 	Retry    Retry
 	Logger   *zap.Logger
+	// Offline never contacts a registry: images that would need a pull fail with ErrOffline.
+	// A bootstrap that fell back to a bundle finishes the job this way.
+	Offline bool
 }
+
+// ErrOffline: the image would need a pull, and the registry is not to be used.
+var ErrOffline = errors.New("not in containerd (nor in the bundle), and the registry is not used")
 
 // Ensurer makes image sets right in a Store.
 type Ensurer struct {
@@ -171,6 +177,13 @@ func (e *Ensurer) ensureOne(ctx context.Context, img manifest.Image) Result {
 		return res
 	}
 
+	if e.opts.Offline {
+		res.Err = ErrOffline
+		if st.record != nil && !st.Row.DigestOK {
+			res.Err = fmt.Errorf("%w: containerd has %s, expected %s", ErrOffline, st.Row.Digest, img.Ref.Digest)
+		}
+		return res
+	}
 	target, err := e.pull(ctx, img, st.records)
 	if err != nil {
 		res.Err = err

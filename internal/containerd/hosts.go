@@ -3,8 +3,11 @@ package containerd
 import (
 	"context"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/containerd/v2/core/remotes/docker/config"
@@ -23,6 +26,43 @@ func hostOptions(hostsDir string, creds func(string) (string, string, error)) co
 
 func configureHosts(ctx context.Context, opts config.HostOptions) docker.RegistryHosts {
 	return config.ConfigureHosts(ctx, opts)
+}
+
+// withResolver makes every registry connection resolve names through r.
+func withResolver(opts config.HostOptions, r *net.Resolver) config.HostOptions {
+	if r == nil {
+		return opts
+	}
+	opts.UpdateClient = func(c *http.Client) error {
+		t, ok := c.Transport.(*http.Transport)
+		if !ok {
+			return fmt.Errorf("unexpected registry transport %T", c.Transport)
+		}
+		t.DialContext = (&net.Dialer{Resolver: r, Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+		return nil
+	}
+	return opts
+}
+
+// RegistryHosts lists the host names a pull of an image from domain ("docker.io") may
+// contact, in the order containerd tries them: the mirrors of hosts.toml, then the server.
+func RegistryHosts(ctx context.Context, hostsDir, domain string) ([]string, error) {
+	hosts, err := configureHosts(ctx, hostOptions(hostsDir, nil))(domain)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s for %s: %w", hostsDir, domain, err)
+	}
+	var out []string
+	for _, h := range hosts {
+		if h.Capabilities&(docker.HostCapabilityPull|docker.HostCapabilityResolve) == 0 {
+			continue
+		}
+		name := h.Host
+		if hn, _, err := net.SplitHostPort(h.Host); err == nil {
+			name = hn
+		}
+		out = append(out, name)
+	}
+	return out, nil
 }
 
 // dockerCredentials reads registry credentials the way docker, crane and the kubelet's

@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strings"
 	"time"
@@ -50,10 +51,13 @@ type Config struct {
 	MaxConcurrentDownloads int
 	// DialTimeout bounds how long Open waits for the daemon.
 	DialTimeout time.Duration
+	// DNS, if set, resolves registry names instead of the node's resolver (--dns-fallback).
+	DNS *net.Resolver
 }
 
 // Store is a cache.Store backed by a containerd daemon.
 type Store struct {
+	cfg         Config
 	client      *containerd.Client
 	namespace   string
 	snapshotter string
@@ -120,6 +124,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	return &Store{
+		cfg:         cfg,
 		client:      client,
 		namespace:   cfg.Namespace,
 		snapshotter: cfg.Snapshotter,
@@ -142,6 +147,18 @@ func checkSnapshotter(ctx context.Context, client *containerd.Client, name strin
 		return nil
 	}
 	return fmt.Errorf("no snapshotter %q", name)
+}
+
+// UseDNS makes registry names resolve through r from now on (--dns-fallback).
+func (s *Store) UseDNS(ctx context.Context, r *net.Resolver) error {
+	cfg := s.cfg
+	cfg.DNS = r
+	resolver, err := newResolver(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	s.cfg, s.resolver = cfg, resolver
+	return nil
 }
 
 // Close closes the connection to the daemon.
@@ -316,7 +333,7 @@ func newResolver(ctx context.Context, cfg Config) (remotes.Resolver, error) {
 	if err != nil {
 		return nil, err
 	}
-	hostOpts := hostOptions(cfg.HostsDir, creds)
+	hostOpts := withResolver(hostOptions(cfg.HostsDir, creds), cfg.DNS)
 	r := docker.NewResolver(docker.ResolverOptions{Hosts: configureHosts(ctx, hostOpts)})
 	if ro, ok := r.(remotes.ResolverWithOptions); ok {
 		n := cfg.MaxConcurrentDownloads

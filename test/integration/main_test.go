@@ -51,6 +51,12 @@ func TestMain(m *testing.M) {
 }
 
 func setup(m *testing.M) (int, error) {
+	if os.Getenv(inNetns) != "" {
+		// A fresh network namespace has loopback down.
+		if out, err := exec.Command("ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
+			return 0, fmt.Errorf("ip link set lo up: %v: %s", err, out)
+		}
+	}
 	// The adapter used in-process logs through containerd's logrus; keep test output readable.
 	logrus.SetLevel(logrus.WarnLevel)
 	if _, err := os.Stat(testenv.ContainerdBinary()); err != nil {
