@@ -89,6 +89,10 @@ type Options struct {
 	// MaxRatio bounds decompressed/compressed size (default 100) once more than
 	// 256 MiB has been decompressed.
 	MaxRatio int64
+	// OnBlob, if set, is called after each blob (digest d, size bytes) is stored or
+	// verified as already stored, with the images known so far (from index.json): the
+	// caller may start unpacking an image whose blobs are all in while the rest streams.
+	OnBlob func(ctx context.Context, images []Image, d digest.Digest, size int64)
 }
 
 // Limits on what is held in memory.
@@ -308,10 +312,26 @@ func (rd *reader) blob(name string, d digest.Digest, size int64, r io.Reader) er
 			return err
 		}
 		rd.learn(d, data)
+		rd.onBlob(d, size)
 		return nil
 	}
-	_, err := rd.store(name, size, d, br)
-	return err
+	if _, err := rd.store(name, size, d, br); err != nil {
+		return err
+	}
+	rd.onBlob(d, size)
+	return nil
+}
+
+func (rd *reader) onBlob(d digest.Digest, size int64) {
+	if rd.opts.OnBlob == nil {
+		return
+	}
+	if rd.res.Images == nil && rd.small["index.json"] != nil {
+		if imgs, err := rd.indexImages(rd.small["index.json"]); err == nil {
+			rd.res.Images = imgs
+		}
+	}
+	rd.opts.OnBlob(rd.ctx, rd.res.Images, d, size)
 }
 
 // learn records the descriptors a manifest or index declares, so later blobs can be

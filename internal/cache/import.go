@@ -7,8 +7,10 @@ import (
 	"io"
 	"time"
 
+	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/precache/precache/internal/bundle"
 	"github.com/precache/precache/internal/manifest"
@@ -65,17 +67,21 @@ func (e *Ensurer) Import(ctx context.Context, store BlobStore, r io.Reader, opts
 		}
 	}()
 
+	pipe := newUnpackPipeline(ctx, store, e.opts.Parallel)
 	res, err := bundle.Read(ctx, r, store, bundle.Options{
 		BaseName: opts.BaseName,
+		OnBlob:   pipe.onBlob,
 		Early: func(ctx context.Context, imgs []bundle.Image, embedded *manifest.Lock) (bool, error) {
 			lock, _ := pickLock(opts, embedded)
 			return e.allRight(ctx, store, imgs, lock)
 		},
 	})
+	early := pipe.wait()
 	if err != nil {
 		return nil, err
 	}
 	out.Bundle = res
+	e.log.Debug("bundle read", zap.String("format", string(res.Format)), zap.Int("blobs", res.Blobs), zap.Int("stored", res.Stored), zap.Duration("since_start", time.Since(start)))
 	lock, lockSource := pickLock(opts, res.Lock)
 	if res.Skipped {
 		for _, img := range res.Images {
@@ -127,16 +133,31 @@ func (e *Ensurer) Import(ctx context.Context, store BlobStore, r io.Reader, opts
 		return out, &SetError{Failed: len(errs), Total: len(res.Images), Errs: errs, What: "bundle rejected, nothing imported"}
 	}
 
-	// 2. Unpack what the node will run.
+	// 2. Unpack what the node will run, several images at once: applying layers is
+	// CPU-bound in the daemon and one image at a time leaves cores idle.
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(e.opts.Parallel)
+	unpacked := map[digest.Digest]bool{}
 	for i, w := range todo {
-		if w.health.Complete && !w.health.Unpacked {
-			if err := store.Unpack(ctx, w.img.Target); err != nil {
-				return out, &SetError{Failed: 1, Total: len(res.Images), What: "bundle rejected, nothing imported",
-					Errs: []error{fmt.Errorf("%s: unpacking: %w", w.img.Name, err)}}
-			}
+		if early[w.img.Target.Digest] {
 			todo[i].health.Unpacked = true
 		}
+		if !w.health.Complete || todo[i].health.Unpacked || unpacked[w.img.Target.Digest] {
+			continue
+		}
+		unpacked[w.img.Target.Digest] = true // several names may share a target
+		g.Go(func() error {
+			if err := store.Unpack(gctx, w.img.Target); err != nil {
+				return fmt.Errorf("%s: unpacking: %w", w.img.Name, err)
+			}
+			return nil
+		})
+		todo[i].health.Unpacked = true
 	}
+	if err := g.Wait(); err != nil {
+		return out, &SetError{Failed: 1, Total: len(res.Images), What: "bundle rejected, nothing imported", Errs: []error{err}}
+	}
+	e.log.Debug("unpacked", zap.Int("images", len(unpacked)), zap.Duration("since_start", time.Since(start)))
 
 	// 3. Only now record the images, under the names a CRI pull would create.
 	for _, w := range todo {

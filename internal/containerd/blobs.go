@@ -59,12 +59,20 @@ func (s *Store) Write(ctx context.Context, r io.Reader, size int64, expected dig
 	if expected != "" {
 		ref = "precache-import-" + expected.String()
 	}
-	w, err := content.OpenWriter(ctx, cs, content.WithRef(ref), content.WithDescriptor(ocispec.Descriptor{Digest: expected, Size: size}))
-	if err != nil {
-		if errdefs.IsAlreadyExists(err) {
-			_, err = io.Copy(io.Discard, r)
-			return expected, err
+	if expected != "" {
+		// content.WriteBlob copies with 1 MiB buffers (few gRPC messages), verifies size and
+		// digest on commit, and takes an existing blob into the lease.
+		err := content.WriteBlob(ctx, cs, ref, r, ocispec.Descriptor{Digest: expected, Size: size})
+		if errdefs.IsFailedPrecondition(err) {
+			return "", fmt.Errorf("content does not match its digest or size (corrupted): %w", err)
 		}
+		if err != nil {
+			return "", grpcCause(err)
+		}
+		return expected, nil
+	}
+	w, err := content.OpenWriter(ctx, cs, content.WithRef(ref))
+	if err != nil {
 		return "", grpcCause(err)
 	}
 	defer w.Close()
@@ -72,7 +80,7 @@ func (s *Store) Write(ctx context.Context, r io.Reader, size int64, expected dig
 	if err := w.Truncate(0); err != nil {
 		return "", grpcCause(err)
 	}
-	n, err := io.Copy(w, r)
+	n, err := io.CopyBuffer(writerOnly{w}, r, make([]byte, 1<<20))
 	if err != nil {
 		return "", err
 	}
@@ -80,14 +88,14 @@ func (s *Store) Write(ctx context.Context, r io.Reader, size int64, expected dig
 		return "", fmt.Errorf("%d bytes, the archive declares %d (truncated?)", n, size)
 	}
 	got := w.Digest()
-	if expected != "" && got != expected {
-		return "", fmt.Errorf("content hashes to %s, not %s (corrupted)", got, expected)
-	}
 	if err := w.Commit(ctx, size, got); err != nil && !errdefs.IsAlreadyExists(err) {
 		return "", grpcCause(err)
 	}
 	return got, nil
 }
+
+// writerOnly hides ReadFrom so io.CopyBuffer uses the large buffer.
+type writerOnly struct{ io.Writer }
 
 // Adopt labels target and the manifests under it with garbage-collection references to
 // their children, as a pull does, so the content stays alive once an image record points

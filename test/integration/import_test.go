@@ -128,6 +128,27 @@ func TestBundleRoundTrip(t *testing.T) {
 	}
 }
 
+// TestBundleFromContainerd: export what a node has, import it on another node with no registry.
+func TestBundleFromContainerd(t *testing.T) {
+	src := newNode(t)
+	if r := src.precache(nil, "bootstrap", "--calico-version", quayVersion); r.code != 0 {
+		t.Fatalf("bootstrap: %s", r.stderr)
+	}
+	out := filepath.Join(t.TempDir(), "node.tar.gz")
+	if r := src.precache(nil, "bundle", "--calico-version", quayVersion, "--from-containerd", "-o", out); r.code != 0 {
+		t.Fatalf("bundle --from-containerd: exit %d\n%s", r.code, r.stderr)
+	}
+	n := newNode(t)
+	dead := filepath.Join(t.TempDir(), "certs.d")
+	writeDeadHosts(t, dead)
+	if r := n.precache([]string{"PRECACHE_HOSTS_DIR=" + dead}, "import", out); r.code != 0 || !strings.Contains(r.stdout, "(oci-layout, gzip)") {
+		t.Fatalf("import: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	for _, img := range calicoSet(t, quayVersion) {
+		n.assertRight(img.Ref.TagName(), calico[img.Ref.String()])
+	}
+}
+
 // TestImportFromOtherTools: bundles made by ctr, go-containerregistry and a legacy docker save.
 func TestImportFromOtherTools(t *testing.T) {
 	idx := offlineIndex(t, 501)

@@ -65,6 +65,7 @@ func run() error {
 		precache = flag.String("precache", "bin/precache", "precache binary")
 		rounds   = flag.Int("rounds", 3, "rounds of each tool, alternating")
 		noops    = flag.Int("noops", 20, "no-op bootstrap runs to time")
+		mode     = flag.String("mode", "all", "pull, import or all")
 		regBin   = flag.String("registry", "/usr/bin/docker-registry", "docker-registry (distribution) binary")
 		cacheDir = flag.String("cache", filepath.Join(testenv.ToolsDir(), "..", "bench-registry"), "registry storage kept between runs")
 	)
@@ -145,6 +146,9 @@ func run() error {
 		}},
 	}
 
+	if *mode == "import" {
+		return benchImport(ctx, os.Stdout, bin, ctrBin, hosts, *rounds)
+	}
 	results := make([][]sample, len(tools))
 	for round := 0; round < *rounds; round++ {
 		for k := range tools {
@@ -163,6 +167,9 @@ func run() error {
 		return err
 	}
 	report(os.Stdout, tools, results, noop, noopCtr, totals, *rounds)
+	if *mode == "all" {
+		return benchImport(ctx, os.Stdout, bin, ctrBin, hosts, *rounds)
+	}
 	return nil
 }
 
