@@ -14,7 +14,9 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
+	"github.com/precache/precache/internal/bundle"
 	"github.com/precache/precache/internal/cache"
+	"github.com/precache/precache/internal/cluster"
 	pcontainerd "github.com/precache/precache/internal/containerd"
 	"github.com/precache/precache/internal/dns"
 	"github.com/precache/precache/internal/manifest"
@@ -34,6 +36,8 @@ type bootstrapFlags struct {
 	baseName    string
 	dnsTimeout  time.Duration
 	dnsFallback []string
+	stateFile   string
+	apiTimeout  time.Duration
 }
 
 func newBootstrapCommand(a *app) *cobra.Command {
@@ -69,14 +73,18 @@ It exits 0 when every image is right, 1 naming each image that is not.`,
 	annotateEnv(fl.Lookup("dns-timeout"), "PRECACHE_DNS_TIMEOUT")
 	fl.StringSliceVar(&f.dnsFallback, "dns-fallback", nil, "DNS servers (IP[:port]) to resolve registry names through when the node's resolver fails")
 	annotateEnv(fl.Lookup("dns-fallback"), "PRECACHE_DNS_FALLBACK")
+	envFlag(fl, &f.stateFile, "state-file", "PRECACHE_STATE_FILE", DefaultStateFile, "where the last set made right is recorded (the fallback when the API server cannot be reached)")
+	fl.DurationVar(&f.apiTimeout, "api-timeout", 5*time.Second, "how long reading the cluster may take before falling back")
+	annotateEnv(fl.Lookup("api-timeout"), "PRECACHE_API_TIMEOUT")
 	return cmd
 }
 
 func (a *app) bootstrap(ctx context.Context, out io.Writer, f bootstrapFlags) error {
-	images, err := f.set.build()
+	images, setSource, err := a.bootstrapSet(ctx, out, &f)
 	if err != nil {
 		return err
 	}
+	fmt.Fprintln(out, "image set:", setSource)
 	var fallback *dnsResolverFlag
 	if len(f.dnsFallback) > 0 {
 		r, err := dns.Servers(f.dnsFallback)
@@ -142,7 +150,57 @@ func (a *app) bootstrap(ctx context.Context, out io.Writer, f bootstrapFlags) er
 	if err != nil {
 		return fmt.Errorf("%w%s", err, hint(err))
 	}
+	if f.stateFile != "" {
+		if err := writeState(f.stateFile, setSource, results); err != nil {
+			a.log.Warn("recording the node's state", zap.String("file", f.stateFile), zap.Error(err))
+		}
+	}
 	return nil
+}
+
+// bootstrapSet decides the image set: the cluster's when it can be read (--from-cluster,
+// --kubeconfig, or no set given on the command line), else, in this order, the flags, the
+// state this node last recorded, and the bundle's own lock. It says which.
+func (a *app) bootstrapSet(ctx context.Context, out io.Writer, f *bootstrapFlags) ([]manifest.Image, string, error) {
+	flagsGiven := f.set.version != "" || len(f.set.images) > 0 || f.set.imagesFile != ""
+	if !f.set.discover() && flagsGiven {
+		images, err := f.set.build()
+		return images, "flags", err
+	}
+	actx, cancel := context.WithTimeout(ctx, f.apiTimeout)
+	found, images, err := a.discoverSet(actx, &f.set, cluster.KubeletConfig)
+	cancel()
+	if err == nil {
+		printFacts(out, found)
+		return images, "cluster " + found.Kubeconfig + ", Calico " + found.Version + " (" + string(found.Variant) + ")", nil
+	}
+	a.log.Warn("cannot read the cluster; falling back", zap.Error(err))
+	why := "the cluster could not be read: " + firstLine(err.Error())
+	if flagsGiven {
+		images, err := f.set.build()
+		return images, "flags, because " + why, err
+	}
+	if st, images, serr := readState(f.stateFile); serr == nil {
+		return images, fmt.Sprintf("state recorded on this node at %s (%s), because %s", st.Written.Format(time.RFC3339), f.stateFile, why), nil
+	}
+	if f.bundle != "" {
+		in, _, berr := openBundle(f.bundle)
+		if berr == nil {
+			defer in.Close()
+			lock, lerr := bundle.PeekLock(in)
+			if lerr == nil {
+				var images []manifest.Image
+				for _, k := range lock.Refs() {
+					ref := manifest.MustParseRef(k)
+					ref.Digest = lock.Images[k]
+					images = append(images, manifest.Image{Ref: ref, Source: "lock of " + f.bundle, DigestSource: "lock of " + f.bundle})
+				}
+				return images, "the lock inside " + f.bundle + ", because " + why, nil
+			}
+			err = errors.Join(err, lerr)
+		}
+	}
+	return nil, "", &usageError{fmt.Errorf("no image set: %s, and there is no fallback: pass --calico-version (or --image), keep %s from an earlier run, or pass --bundle", why, f.stateFile)}
 }
 
 type dnsResolverFlag struct {

@@ -5,6 +5,8 @@ import (
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
+
+	"github.com/precache/precache/internal/manifest"
 )
 
 func newImagesCommand(a *app) *cobra.Command {
@@ -23,13 +25,29 @@ func newImagesCommand(a *app) *cobra.Command {
 			if err := outputFormat(output).validate(); err != nil {
 				return err
 			}
-			images, err := set.build()
+			var (
+				images []manifest.Image
+				found  *discovered
+				err    error
+			)
+			if set.discover() {
+				found, images, err = a.discoverSet(cmd.Context(), &set)
+			} else {
+				images, err = set.build()
+			}
 			if err != nil {
 				return err
 			}
 			w := cmd.OutOrStdout()
 			if output == "json" {
+				if found != nil {
+					return writeJSON(w, map[string]any{"cluster": found.Kubeconfig, "version": found.Version, "variant": found.Variant,
+						"facts": found.Facts, "disagreements": found.Disagreements, "images": images})
+				}
 				return writeJSON(w, images)
+			}
+			if found != nil {
+				printFacts(w, found)
 			}
 			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "IMAGE\tCOMPONENT\tOPTIONAL\tEXPECTED DIGEST\tSOURCE")
@@ -39,7 +57,7 @@ func newImagesCommand(a *app) *cobra.Command {
 					comp = "-"
 				}
 				if img.Ref.Digest != "" {
-					exp = img.Ref.Digest.String()
+					exp = shortDigest(img.Ref.Digest.String()) + " (" + img.DigestSource + ")"
 				}
 				opt := ""
 				if img.Optional {

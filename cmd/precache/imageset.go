@@ -22,6 +22,9 @@ type setFlags struct {
 	images      []string
 	imagesFile  string
 	lock        string
+	// discovery from the Kubernetes API
+	fromCluster bool
+	kubeconfig  string
 }
 
 func (s *setFlags) register(f *pflag.FlagSet) {
@@ -34,7 +37,13 @@ func (s *setFlags) register(f *pflag.FlagSet) {
 	annotateEnv(f.Lookup("image"), "PRECACHE_IMAGES")
 	envFlag(f, &s.imagesFile, "images-file", "PRECACHE_IMAGES_FILE", "", "file of image references to add or replace, one a line, # comments")
 	envFlag(f, &s.lock, "lock", "PRECACHE_LOCK", "", `lock file of expected digests: {"version":1,"images":{"REF":"sha256:…"}}`)
+	f.BoolVar(&s.fromCluster, "from-cluster", false, "read the Calico version, images and digests from the Kubernetes API (kubeconfig as kubectl finds it)")
+	annotateEnv(f.Lookup("from-cluster"), "PRECACHE_FROM_CLUSTER")
+	f.StringVar(&s.kubeconfig, "kubeconfig", "", "kubeconfig to read the cluster with (implies --from-cluster; default $KUBECONFIG, in-cluster, ~/.kube/config)")
 }
+
+// discover reports whether the set comes from the cluster.
+func (s *setFlags) discover() bool { return s.fromCluster || s.kubeconfig != "" }
 
 func (s *setFlags) build() ([]manifest.Image, error) {
 	variant, err := manifest.ParseVariant(s.variant)

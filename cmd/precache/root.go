@@ -65,6 +65,7 @@ then restart calico-node without pulling anything.`,
 	annotateEnv(f.Lookup("verbose"), "PRECACHE_VERBOSE")
 
 	cmd.AddCommand(
+		newAgentCommand(a),
 		newBootstrapCommand(a),
 		newStatusCommand(a),
 		newImagesCommand(a),

@@ -272,7 +272,8 @@ func (rd *reader) completeManifest(desc ocispec.Descriptor, label string, inInde
 	return true, nil
 }
 
-// has reports whether the bundle carried d (or the store already had it) at its declared size.
+// has reports whether the bundle carried d at its declared size (stored now, or verified
+// against a copy the store already had).
 func (rd *reader) has(d ocispec.Descriptor) bool {
 	name := "blobs/" + d.Digest.Algorithm().String() + "/" + d.Digest.Encoded()
 	if _, ok := rd.seen[name]; ok {

@@ -459,3 +459,33 @@ func linkTarget(name string, hdr *tar.Header) (string, error) {
 func invalid(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
 }
+
+// PeekLock reads a precache bundle only as far as its embedded lock (the third entry):
+// what the bundle holds, without importing it.
+func PeekLock(r io.Reader) (*manifest.Lock, error) {
+	plain, _, err := decompress(r)
+	if err != nil {
+		return nil, err
+	}
+	defer plain.Close()
+	tr := tar.NewReader(plain)
+	for i := 0; i < 8; i++ {
+		hdr, err := tr.Next()
+		if err != nil {
+			break
+		}
+		if hdr.Name != lockEntryName {
+			continue
+		}
+		data, err := readSmall(hdr.Name, hdr.Size, tr)
+		if err != nil {
+			return nil, err
+		}
+		l, err := manifest.DecodeLock(bytes.NewReader(data))
+		if err != nil {
+			return nil, invalid("%s: %v", lockEntryName, err)
+		}
+		return l, nil
+	}
+	return nil, invalid("no %s near the start: not a bundle made by precache bundle", lockEntryName)
+}

@@ -347,3 +347,16 @@ func newResolver(ctx context.Context, cfg Config) (remotes.Resolver, error) {
 	}
 	return r, nil
 }
+
+// Managed lists the image records precache pinned (label io.precache.managed=true).
+func (s *Store) Managed(ctx context.Context) ([]cache.Image, error) {
+	imgs, err := s.client.ImageService().List(s.ctx(ctx), `labels."`+cache.LabelManaged+`"==true`)
+	if err != nil {
+		return nil, grpcCause(err)
+	}
+	out := make([]cache.Image, 0, len(imgs))
+	for _, img := range imgs {
+		out = append(out, cache.Image{Name: img.Name, Target: img.Target, Labels: img.Labels})
+	}
+	return out, nil
+}

@@ -7,9 +7,11 @@ import (
 	"io"
 	"os"
 
+	"github.com/go-logr/zapr"
 	"github.com/sirupsen/logrus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"k8s.io/klog/v2"
 )
 
 // Format is the log encoding.
@@ -54,6 +56,12 @@ func New(w io.Writer, format Format, verbosity int) (*zap.Logger, error) {
 	}
 	log := zap.New(zapcore.NewCore(enc, zapcore.AddSync(w), level))
 	routeLogrus(log, verbosity)
+	// client-go logs through klog: into the same stream, its chatter only with -vv.
+	klogLog := log.Named("client-go")
+	if verbosity < 2 {
+		klogLog = klogLog.WithOptions(zap.IncreaseLevel(zapcore.WarnLevel))
+	}
+	klog.SetLogger(zapr.NewLogger(klogLog))
 	return log, nil
 }
 

@@ -117,3 +117,16 @@ func (r Ref) Display() string {
 	}
 	return r.String()
 }
+
+// MarshalText writes the canonical form, so JSON output shows "docker.io/calico/node:v3.28.1".
+func (r Ref) MarshalText() ([]byte, error) { return []byte(r.String()), nil }
+
+// UnmarshalText parses and normalises a reference.
+func (r *Ref) UnmarshalText(b []byte) error {
+	p, err := ParseRef(string(b))
+	if err != nil {
+		return err
+	}
+	*r = p
+	return nil
+}

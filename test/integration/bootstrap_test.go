@@ -242,7 +242,7 @@ func TestBadInvocations(t *testing.T) {
 			"connection refused; is containerd running?"},
 		{"unknown version", nil, []string{"bootstrap", "--calico-version", "v3.99.0"}, 2, "catalog covers v3.24.x to v3.33.x"},
 		{"malformed version", nil, []string{"images", "--calico-version", "latest"}, 2, "invalid Calico version \"latest\""},
-		{"nothing to do", nil, []string{"bootstrap"}, 2, "no images: set --calico-version"},
+		{"nothing to do", []string{"KUBECONFIG=/nonexistent/kubeconfig"}, []string{"bootstrap"}, 2, "no image set: the cluster could not be read"},
 		{"bad variant", nil, []string{"images", "--calico-version", dockerVersion, "--variant", "helm"}, 2, "unknown install variant \"helm\""},
 		{"bad output", nil, []string{"status", "--calico-version", dockerVersion, "-o", "yaml"}, 2, "invalid -o \"yaml\""},
 		{"unknown flag", nil, []string{"bootstrap", "--calico-versoin", dockerVersion}, 2, "unknown flag: --calico-versoin"},

@@ -96,8 +96,19 @@ func setup(m *testing.M) (int, error) {
 			calico[k] = dg
 		}
 	}
+	if os.Getenv(inNetns) == "" {
+		stopAPI, err := startAPIServer(tmp)
+		if stopAPI != nil {
+			defer stopAPI()
+		}
+		if err != nil {
+			return 0, err
+		}
+	}
 	return m.Run(), nil
 }
+
+func testContext() context.Context { return context.Background() }
 
 // node is one test's containerd, fresh and empty.
 type node struct {
@@ -134,7 +145,8 @@ func (n *node) precache(env []string, args ...string) result {
 	ctx, cancel := context.WithTimeout(n.t.Context(), 3*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, binary, args...)
-	cmd.Env = append(os.Environ(), "CONTAINERD_ADDRESS="+n.Address, "PRECACHE_HOSTS_DIR="+hostsDir, "PRECACHE_LOG_FORMAT=json")
+	cmd.Env = append(os.Environ(), "CONTAINERD_ADDRESS="+n.Address, "PRECACHE_HOSTS_DIR="+hostsDir, "PRECACHE_LOG_FORMAT=json",
+		"PRECACHE_STATE_FILE="+filepath.Join(n.Dir, "state.json"))
 	cmd.Env = append(cmd.Env, env...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb

@@ -205,3 +205,15 @@ func unmountUnder(dir string) {
 		_ = syscall.Unmount(mounts[i], syscall.MNT_DETACH)
 	}
 }
+
+// KubeVersion of the API server and etcd `make tools` builds for the tests.
+const KubeVersion = "v1.37.2"
+
+// KubeAssets is the directory with kube-apiserver and etcd (envtest's KUBEBUILDER_ASSETS):
+// $KUBEBUILDER_ASSETS, or what `make tools` built.
+func KubeAssets() string {
+	if d := os.Getenv("KUBEBUILDER_ASSETS"); d != "" {
+		return d
+	}
+	return filepath.Join(ToolsDir(), "kube-"+KubeVersion)
+}

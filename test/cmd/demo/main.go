@@ -65,7 +65,8 @@ func demo() error {
 	defer ctrd.Stop()
 	step("throwaway containerd %s (CRI enabled) at %s; docker.io and quay.io mirrored to the registry in %s", ctrd.Version, ctrd.Address, hosts)
 
-	env := append(os.Environ(), "CONTAINERD_ADDRESS="+ctrd.Address, "PRECACHE_HOSTS_DIR="+hosts, "PRECACHE_CALICO_VERSION="+version)
+	env := append(os.Environ(), "CONTAINERD_ADDRESS="+ctrd.Address, "PRECACHE_HOSTS_DIR="+hosts, "PRECACHE_CALICO_VERSION="+version,
+		"PRECACHE_STATE_FILE="+filepath.Join(ctrd.Dir, "state.json"))
 	runCmd := func(args ...string) error {
 		fmt.Printf("\n$ precache %s\n", join(args))
 		cmd := exec.CommandContext(ctx, precache, args...)

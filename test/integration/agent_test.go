@@ -1,0 +1,209 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/precache/precache/internal/cache"
+	"github.com/precache/precache/internal/manifest"
+	"github.com/precache/precache/test/testenv"
+)
+
+// TestAgentFollowsAnUpgrade: the agent against the real API server and a real containerd.
+// Changing the DaemonSet's tag pre-pulls and pins the new images within seconds; the old
+// ones stay pinned until this node's calico-node pod runs the new version.
+func TestAgentFollowsAnUpgrade(t *testing.T) {
+	const oldV, newV = dockerVersion, "v3.29.1"
+	if _, err := reg.PushCalico(t.Context(), newV, manifest.VariantManifest, testenv.ImageSpec{Seed: 40}); err != nil {
+		t.Fatal(err)
+	}
+	manifestInstall(t, "docker.io", oldV)
+	const nodeName = "node-1"
+	if _, err := kubeClient.CoreV1().Nodes().Create(t.Context(), &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = kubeClient.CoreV1().Nodes().Delete(testContext(), nodeName, metav1.DeleteOptions{}) })
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "calico-node-abcde", Labels: map[string]string{"k8s-app": "calico-node"}},
+		Spec:       corev1.PodSpec{NodeName: nodeName, Containers: []corev1.Container{{Name: "calico-node", Image: "docker.io/calico/node:" + oldV}}},
+	}
+	if _, err := kubeClient.CoreV1().Pods("kube-system").Create(t.Context(), pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = kubeClient.CoreV1().Pods("kube-system").Delete(testContext(), pod.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
+	})
+
+	n := newNode(t)
+	addr := freeAddr(t)
+	var logs bytes.Buffer
+	cmd := exec.Command(binary, "agent", "--kubeconfig", adminKubecfg, "--node-name", nodeName, "--metrics-address", addr, "--resync", "1h")
+	cmd.Env = append(os.Environ(), "CONTAINERD_ADDRESS="+n.Address, "PRECACHE_HOSTS_DIR="+hostsDir, "PRECACHE_LOG_FORMAT=json",
+		"PRECACHE_STATE_FILE="+filepath.Join(n.Dir, "state.json"))
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		if t.Failed() {
+			t.Logf("agent log:\n%s", tail(logs.String(), 40))
+		}
+	})
+
+	pinnedSet := func(version string) func() error {
+		return func() error {
+			for _, img := range calicoSet(t, version) {
+				rec, err := n.store().Image(t.Context(), img.Ref.TagName())
+				if err != nil {
+					return err
+				}
+				if rec.Labels[cache.LabelCRIPinned] != "pinned" {
+					return fmt.Errorf("%s not pinned", img.Ref.TagName())
+				}
+			}
+			return nil
+		}
+	}
+	start := time.Now()
+	eventually(t, 60*time.Second, "the running version's images pinned", pinnedSet(oldV))
+	t.Logf("agent made %s right %s after start", oldV, time.Since(start).Round(time.Millisecond))
+	eventually(t, 10*time.Second, "/readyz ok", func() error { return httpOK("http://" + addr + "/readyz") })
+
+	// An upgrade is applied: the DaemonSet moves to the new tag.
+	ds, err := kubeClient.AppsV1().DaemonSets("kube-system").Get(t.Context(), "calico-node", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range ds.Spec.Template.Spec.InitContainers {
+		c := &ds.Spec.Template.Spec.InitContainers[i]
+		c.Image = strings.Replace(c.Image, oldV, newV, 1)
+	}
+	for i := range ds.Spec.Template.Spec.Containers {
+		c := &ds.Spec.Template.Spec.Containers[i]
+		c.Image = strings.Replace(c.Image, oldV, newV, 1)
+	}
+	changed := time.Now()
+	if _, err := kubeClient.AppsV1().DaemonSets("kube-system").Update(t.Context(), ds, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "the new version's images pinned", pinnedSet(newV))
+	t.Logf("new version pre-pulled and pinned %s after the DaemonSet changed", time.Since(changed).Round(time.Millisecond))
+	if err := pinnedSet(oldV)(); err != nil {
+		t.Fatalf("old images unpinned before the rollout reached the node: %v", err)
+	}
+
+	// The rollout reaches this node: its calico-node pod now runs the new version.
+	p, err := kubeClient.CoreV1().Pods("kube-system").Get(t.Context(), pod.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Spec.Containers[0].Image = "docker.io/calico/node:" + newV
+	if _, err := kubeClient.CoreV1().Pods("kube-system").Update(t.Context(), p, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "the old version's images unpinned", func() error {
+		if pinnedSet(oldV)() == nil {
+			return fmt.Errorf("still pinned")
+		}
+		for _, img := range calicoSet(t, oldV) {
+			rec, err := n.store().Image(t.Context(), img.Ref.TagName())
+			if err != nil {
+				return err
+			}
+			if rec.Labels[cache.LabelCRIPinned] == "pinned" {
+				return fmt.Errorf("%s still pinned", img.Ref.TagName())
+			}
+		}
+		return nil
+	})
+	if err := pinnedSet(newV)(); err != nil {
+		t.Fatalf("new images not pinned after the rollout: %v", err)
+	}
+
+	body := httpGet(t, "http://"+addr+"/metrics")
+	for _, want := range []string{"precache_images_desired 4", "precache_images_pinned 4", "precache_reconciles_total{result=\"ok\"}", "precache_last_success_timestamp_seconds"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+
+	// SIGTERM: a clean, prompt exit.
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("agent exit after SIGTERM: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("agent did not exit within 10s of SIGTERM")
+	}
+}
+
+func eventually(t *testing.T, d time.Duration, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s: %v", what, d, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func httpOK(url string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("%s: %d %s", url, resp.StatusCode, b)
+	}
+	return nil
+}
+
+func httpGet(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
