@@ -19,6 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/precache/precache/internal/cache"
+	pcontainerd "github.com/precache/precache/internal/containerd"
 	"github.com/precache/precache/internal/manifest"
 	"github.com/precache/precache/test/testenv"
 )
@@ -69,8 +70,13 @@ func TestAgentFollowsAnUpgrade(t *testing.T) {
 
 	pinnedSet := func(version string) func() error {
 		return func() error {
+			s, err := pcontainerd.Open(t.Context(), pcontainerd.Config{Address: n.Address, Namespace: "k8s.io", Snapshotter: "overlayfs"})
+			if err != nil {
+				return err // containerd may be restarting
+			}
+			defer s.Close()
 			for _, img := range calicoSet(t, version) {
-				rec, err := n.store().Image(t.Context(), img.Ref.TagName())
+				rec, err := s.Image(t.Context(), img.Ref.TagName())
 				if err != nil {
 					return err
 				}
@@ -136,6 +142,27 @@ func TestAgentFollowsAnUpgrade(t *testing.T) {
 	if err := pinnedSet(newV)(); err != nil {
 		t.Fatalf("new images not pinned after the rollout: %v", err)
 	}
+
+	// containerd crashes and stays down a moment: the agent reports it (readyz, a Warning
+	// Event on the Node) and recovers by itself once containerd is back (a Normal Event).
+	unpin := calicoSet(t, newV)[0].Ref.TagName()
+	rec, err := n.store().Image(t.Context(), unpin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec.Labels = map[string]string{}
+	n.putImage(rec) // something to repair once containerd is back
+	go func() { _ = n.Restart(3 * time.Second) }()
+	time.Sleep(200 * time.Millisecond)
+	// Any change triggers a reconcile; touch the DaemonSet's labels.
+	touch(t)
+	eventually(t, 20*time.Second, "a Warning Event on the Node", func() error { return nodeEvent(t, nodeName, "Warning") })
+	eventually(t, 60*time.Second, "recovery after the containerd restart", func() error {
+		if err := pinnedSet(newV)(); err != nil {
+			return err
+		}
+		return nodeEvent(t, nodeName, "Normal")
+	})
 
 	body := httpGet(t, "http://"+addr+"/metrics")
 	for _, want := range []string{"precache_images_desired 4", "precache_images_pinned 4", "precache_reconciles_total{result=\"ok\"}", "precache_last_success_timestamp_seconds"} {
@@ -206,4 +233,35 @@ func httpGet(t *testing.T, url string) string {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
+}
+
+func touch(t *testing.T) {
+	t.Helper()
+	ds, err := kubeClient.AppsV1().DaemonSets("kube-system").Get(t.Context(), "calico-node", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ds.Labels == nil {
+		ds.Labels = map[string]string{}
+	}
+	ds.Labels["touched"] = time.Now().Format("150405.000")
+	if _, err := kubeClient.AppsV1().DaemonSets("kube-system").Update(t.Context(), ds, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// nodeEvent finds an Event of type typ from precache about the Node.
+func nodeEvent(t *testing.T, node, typ string) error {
+	evs, err := kubeClient.CoreV1().Events("default").List(t.Context(), metav1.ListOptions{})
+	if err != nil {
+		return err
+	}
+	var seen []string
+	for _, e := range evs.Items {
+		seen = append(seen, e.Type+"/"+e.Reason)
+		if e.InvolvedObject.Kind == "Node" && e.InvolvedObject.Name == node && e.Type == typ && e.Source.Component == "precache" {
+			return nil
+		}
+	}
+	return fmt.Errorf("no %s event for node %s; events: %v", typ, node, seen)
 }

@@ -82,7 +82,8 @@ func startAPIServer(dir string) (func(), error) {
 		}
 	}
 	// The RBAC precache ships, applied as a user would.
-	if err := applyYAML(filepath.Join("..", "..", "deploy", "base", "serviceaccount.yaml"), filepath.Join("..", "..", "deploy", "base", "rbac.yaml")); err != nil {
+	base := filepath.Join("..", "..", "deploy", "base")
+	if err := applyYAML(filepath.Join(base, "serviceaccount.yaml"), filepath.Join(base, "rbac.yaml"), filepath.Join(base, "daemonset.yaml")); err != nil {
 		return stop, err
 	}
 	return stop, nil

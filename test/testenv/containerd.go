@@ -164,6 +164,33 @@ func (c *Containerd) config(o ContainerdOptions) string {
 	return b.String()
 }
 
+// Restart stops the daemon (SIGKILL, like a crash) and starts it again on the same state,
+// waiting until it answers: what a node's containerd does under an agent.
+func (c *Containerd) Restart(down time.Duration) error {
+	_ = syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
+	<-c.exited
+	time.Sleep(down)
+	cmd := exec.Command(c.cmd.Path, c.cmd.Args[1:]...)
+	cmd.Stdout, cmd.Stderr = c.log, c.log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	_ = os.Remove(c.Address)
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	c.cmd, c.exited = cmd, make(chan struct{})
+	exited := c.exited
+	go func() { _ = cmd.Wait(); close(exited) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if conn, err := net.Dial("unix", c.Address); err == nil {
+			conn.Close()
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("containerd did not come back on %s", c.Address)
+}
+
 // Log is what the daemon has printed so far.
 func (c *Containerd) Log() string { return c.log.String() }
 
