@@ -16,8 +16,8 @@ help: ## list the targets
 build: ## build bin/precache (static)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/precache
 
-tools: ## build/install the daemons the tests need (containerd 2.4.2 from the module proxy, Debian's 1.6)
-	./hack/tools.sh
+tools: ## build/install the daemons the tests need (containerd 2.4.2 and kube-apiserver 1.37.2 from the module proxy, Debian's containerd 1.6)
+	./hack/tools.sh containerd kube compat
 
 test: tools test-unit test-integration ## everything CI runs: unit tests, then integration tests on real daemons
 
@@ -40,10 +40,11 @@ lint: ## go vet + gofmt (+ golangci-lint when installed)
 	@if command -v golangci-lint >/dev/null; then golangci-lint run; fi
 
 bench: build ## precache vs ctr, same registry + containerd, alternating rounds; prints the Markdown for docs/benchmarks.md
-	./hack/tools.sh bench
+	./hack/tools.sh containerd kube bench
 	$(GO) run ./test/cmd/bench -precache $(CURDIR)/$(BIN) -rounds $(or $(ROUNDS),5)
 
-demo: tools build ## throwaway containerd + loopback registry: bootstrap, status, no-op, kubelet's view
+demo: build ## throwaway containerd + loopback registry: bootstrap, status, no-op, kubelet's view
+	./hack/tools.sh containerd
 	$(GO) run ./test/cmd/demo $(CURDIR)/$(BIN)
 
 image: ## container image (needs a container build engine)

@@ -3,13 +3,18 @@
 # cache that survives between runs (stamped by version, so warm runs take a second):
 #   - containerd + ctr v2.4.2, built from the Go module proxy (~2 min cold)
 #   - Debian's containerd 1.6.20 (apt), for the compatibility run, when running as root
+#
+# Usage: hack/tools.sh [containerd] [kube] [compat] [bench]   (no argument: the first three)
 set -euo pipefail
 
+want=" ${*:-containerd kube compat} "
 TOOLS=${PRECACHE_TOOLS:-$HOME/.cache/precache/tools}
 CONTAINERD_VERSION=${CONTAINERD_VERSION:-v2.4.2}
 dir="$TOOLS/containerd-$CONTAINERD_VERSION"
 
-if [[ -x "$dir/containerd" && -x "$dir/ctr" ]]; then
+if [[ $want != *" containerd "* ]]; then
+	:
+elif [[ -x "$dir/containerd" && -x "$dir/ctr" ]]; then
 	echo "tools: containerd $CONTAINERD_VERSION cached in $dir"
 else
 	echo "tools: building containerd and ctr $CONTAINERD_VERSION into $dir (about 2 minutes the first time)"
@@ -25,7 +30,9 @@ fi
 # replace directives). Cold: 5–8 minutes and ~2.5 GB for the linker; then cached.
 KUBE_VERSION=${KUBE_VERSION:-v1.37.2}
 kdir="$TOOLS/kube-$KUBE_VERSION"
-if [[ -x "$kdir/kube-apiserver" && -x "$kdir/etcd" ]]; then
+if [[ $want != *" kube "* ]]; then
+	:
+elif [[ -x "$kdir/kube-apiserver" && -x "$kdir/etcd" ]]; then
 	echo "tools: kube-apiserver and etcd $KUBE_VERSION cached in $kdir"
 else
 	echo "tools: building kube-apiserver $KUBE_VERSION and etcd into $kdir (5–8 minutes the first time)"
@@ -51,7 +58,9 @@ apt_install() {
 }
 
 # The compatibility run uses Debian's containerd (1.6.20 on bookworm).
-if [[ -x /usr/bin/containerd ]]; then
+if [[ $want != *" compat "* ]]; then
+	:
+elif [[ -x /usr/bin/containerd ]]; then
 	echo "tools: compat containerd $(/usr/bin/containerd --version | awk '{print $3}') at /usr/bin/containerd"
 elif [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
 	echo "tools: installing Debian's containerd for the compatibility run"
@@ -61,7 +70,7 @@ else
 	echo "tools: no /usr/bin/containerd and not root: the 1.6 compatibility run will be skipped" >&2
 fi
 
-if [[ ${1:-} == bench ]]; then
+if [[ $want == *" bench "* ]]; then
 	if [[ ! -x /usr/bin/docker-registry || ! -x /usr/bin/time ]]; then
 		[[ $(id -u) == 0 ]] || { echo "tools: the benchmark needs docker-registry and time (apt-get install docker-registry time)" >&2; exit 1; }
 		echo "tools: installing docker-registry and time for the benchmark"

@@ -3,14 +3,17 @@ package main
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/precache/precache/internal/agent"
 	"github.com/precache/precache/internal/cache"
 	"github.com/precache/precache/internal/cluster"
+	"github.com/precache/precache/internal/doctor"
 	"github.com/precache/precache/internal/manifest"
 )
 
@@ -18,6 +21,8 @@ func newAgentCommand(a *app) *cobra.Command {
 	var (
 		nodeName, metricsAddr, selfImage, kubeconfig, stateFile string
 		resync                                                  time.Duration
+		profiling                                               bool
+		root, kubeletConfig                                     string
 		images                                                  []string
 		sf                                                      storeFlags
 	)
@@ -37,6 +42,7 @@ API server outages.`,
 			if err != nil {
 				return err
 			}
+			cfg.WrapTransport = agent.CountRequests
 			clients, err := cluster.NewClients(cfg)
 			if err != nil {
 				return err
@@ -57,7 +63,8 @@ API server outages.`,
 			a.log.Info("starting agent", zap.String("kubeconfig", from), zap.String("api", cfg.Host), zap.String("node", nodeName))
 			ag := agent.New(agent.Config{
 				NodeName: nodeName, Clients: clients, Resync: resync, SelfImage: selfImage, Extra: extra,
-				MetricsAddr: metricsAddr, Log: a.log,
+				MetricsAddr: metricsAddr, Log: a.log, Profiling: profiling,
+				Root: root, ClusterDNS: clusterDNS(ctx, clients, filepath.Join(root, kubeletConfig)),
 				Open: func(ctx context.Context) (agent.Store, func() error, error) {
 					s, err := a.openStore(ctx, sf)
 					if err != nil {
@@ -85,9 +92,30 @@ API server outages.`,
 	envFlag(f, &stateFile, "state-file", "PRECACHE_STATE_FILE", DefaultStateFile, "where the set last made right is recorded (read by bootstrap without the API)")
 	f.DurationVar(&resync, "resync", 10*time.Minute, "periodic reconcile (jittered ±10 %), on top of watch events")
 	annotateEnv(f.Lookup("resync"), "PRECACHE_RESYNC")
+	envFlag(f, &root, "root", "PRECACHE_ROOT", "/", "the node's root filesystem, for the DNS-loop check (the DaemonSet mounts it at /host)")
+	envFlag(f, &kubeletConfig, "kubelet-config", "PRECACHE_KUBELET_CONFIG", "/var/lib/kubelet/config.yaml", "the kubelet's config file under --root (its clusterDNS)")
+	f.BoolVar(&profiling, "profiling", false, "serve Go's pprof under /debug/pprof/ on --metrics-address")
 	f.StringArrayVar(&images, "image", nil, "more images to keep (repeatable)")
 	annotateEnv(f.Lookup("image"), "PRECACHE_IMAGES")
 	f.IntVar(&sf.maxDownloads, "max-concurrent-downloads", 3, "layer downloads at once")
 	annotateEnv(f.Lookup("max-concurrent-downloads"), "PRECACHE_MAX_CONCURRENT_DOWNLOADS")
 	return cmd
+}
+
+// clusterDNS is the kubelet's clusterDNS, or the kube-dns/coredns Service's IPs (one GET, at start).
+func clusterDNS(ctx context.Context, clients cluster.Clients, kubeletConfig string) []string {
+	if k, err := doctor.ReadKubelet(kubeletConfig); err == nil && len(k.ClusterDNS) > 0 {
+		return k.ClusterDNS
+	}
+	for _, name := range []string{"kube-dns", "coredns"} {
+		svc, err := clients.Kube.CoreV1().Services("kube-system").Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			continue
+		}
+		if len(svc.Spec.ClusterIPs) > 0 {
+			return svc.Spec.ClusterIPs
+		}
+		return []string{svc.Spec.ClusterIP}
+	}
+	return nil
 }

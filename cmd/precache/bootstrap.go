@@ -107,7 +107,11 @@ func (a *app) bootstrap(ctx context.Context, out io.Writer, f bootstrapFlags) er
 
 	online := cache.NewEnsurer(store, cache.Options{Parallel: f.parallel, Logger: a.log})
 	path, reason := "registry", ""
-	if need := needsPull(ctx, store, images); len(need) > 0 {
+	need := needsPull(ctx, store, images)
+	if len(need) == 0 {
+		path = "local" // nothing needs a registry: repairs, if any, come from what containerd has
+	}
+	if len(need) > 0 {
 		// Decide within --dns-timeout of the start, leaving a few milliseconds for the decision itself.
 		failures := a.probeDNS(ctx, dns.System, need, processStart.Add(f.dnsTimeout-decisionMargin))
 		if len(failures) > 0 && fallback != nil {
@@ -130,7 +134,7 @@ func (a *app) bootstrap(ctx context.Context, out io.Writer, f bootstrapFlags) er
 	}
 
 	var results []cache.Result
-	if path == "registry" {
+	if path != "bundle" {
 		results, err = online.Ensure(ctx, images)
 		if err != nil && f.bundle != "" {
 			reason = "the pull failed: " + firstLine(err.Error())

@@ -101,6 +101,9 @@ containerd; --from-containerd exports what this node already has instead.`,
 			if output == "-" {
 				out = os.Stdout
 			} else {
+				if err := os.MkdirAll(filepath.Dir(output), 0o755); err != nil {
+					return err
+				}
 				out, err = os.CreateTemp(filepath.Dir(output), "."+filepath.Base(output)+".*")
 				if err != nil {
 					return err

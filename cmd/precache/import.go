@@ -14,6 +14,7 @@ import (
 
 	"github.com/precache/precache/internal/bundle"
 	"github.com/precache/precache/internal/cache"
+	"github.com/precache/precache/internal/logging"
 	"github.com/precache/precache/internal/manifest"
 )
 
@@ -62,7 +63,7 @@ were. Images already right are skipped.`,
 			defer store.Close()
 
 			var r io.Reader = in
-			if isTerminal(cmd.ErrOrStderr()) {
+			if logging.IsTerminal(cmd.ErrOrStderr()) {
 				p := newProgress(cmd.ErrOrStderr(), in, size)
 				defer p.stop()
 				r = p
@@ -122,7 +123,7 @@ func printImport(w io.Writer, path string, res *cache.ImportResult) {
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "IMAGE\tDIGEST\tACTION")
 		for _, r := range res.Results {
-			action := "failed: " + errString(r.Err)
+			action := "failed: " + strings.SplitN(errString(r.Err), ":", 2)[0]
 			if r.Err == nil {
 				action = string(r.Actions[0])
 			}
@@ -145,7 +146,7 @@ func errString(err error) string {
 	if err == nil {
 		return ""
 	}
-	return strings.SplitN(err.Error(), ":", 2)[0]
+	return err.Error()
 }
 
 func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
@@ -190,12 +191,3 @@ func (p *progress) Read(b []byte) (int, error) {
 }
 
 func (p *progress) stop() { close(p.done) }
-
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
-}

@@ -67,6 +67,7 @@ then restart calico-node without pulling anything.`,
 	cmd.AddCommand(
 		newAgentCommand(a),
 		newBootstrapCommand(a),
+		newDoctorCommand(a),
 		newStatusCommand(a),
 		newImagesCommand(a),
 		newImportCommand(a),

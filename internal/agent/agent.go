@@ -11,6 +11,9 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"net/http/pprof"
+	"runtime"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -28,6 +31,7 @@ import (
 
 	pcache "github.com/precache/precache/internal/cache"
 	"github.com/precache/precache/internal/cluster"
+	"github.com/precache/precache/internal/doctor"
 	"github.com/precache/precache/internal/manifest"
 )
 
@@ -52,6 +56,12 @@ type Config struct {
 	Extra []manifest.Image
 	// MetricsAddr serves /metrics, /healthz and /readyz.
 	MetricsAddr string
+	// Root is the node's root filesystem (the DaemonSet mounts it at /host), for the DNS loop check.
+	Root string
+	// ClusterDNS are the cluster DNS service IPs (the kubelet's clusterDNS or the kube-dns Service).
+	ClusterDNS []string
+	// Profiling serves net/http/pprof under /debug/pprof/ on MetricsAddr.
+	Profiling bool
 	// OnReconcile, if set, is told each reconcile's outcome (state file, tests).
 	OnReconcile func([]pcache.Result, *cluster.Discovery)
 	Log         *zap.Logger
@@ -69,6 +79,7 @@ type Agent struct {
 	recorder   record.EventRecorder
 
 	mu        sync.Mutex
+	dnsFail   bool
 	ready     bool
 	failing   bool
 	lastError string
@@ -300,9 +311,16 @@ func (a *Agent) reconcile(ctx context.Context, store Store) error {
 	} else {
 		a.log.Info("keeping the previous version pinned until calico-node runs the new one", zap.String("running", running), zap.String("wanted", d.Version))
 	}
+	a.checkDNS()
 	a.metrics.reconciles.WithLabelValues("ok").Inc()
 	a.metrics.lastSuccess.SetToCurrentTime()
 	a.recovered(ctx, fmt.Sprintf("%d images of Calico %s present, verified, unpacked and pinned", len(want), d.Version))
+	// A pull's buffers are garbage now; give the memory back rather than keep it for an
+	// agent that will mostly sit idle until the next upgrade. The first collection moves
+	// the copy buffers pooled by containerd's content package and gRPC (sync.Pool: ~30 MiB
+	// after a pull) to the pools' victim caches, the second frees them.
+	runtime.GC()
+	debug.FreeOSMemory()
 	a.log.Info("reconciled", zap.String("version", d.Version), zap.Int("images", len(want)), zap.Duration("took", time.Since(start)))
 	return nil
 }
@@ -412,6 +430,42 @@ func (a *Agent) targetWanted(ctx context.Context, store Store, img pcache.Image,
 	return false
 }
 
+// checkDNS runs doctor's DNS-loop check on the node's files: the metric, and an Event
+// when the node becomes (or stops being) one calico-node loss away from the loop.
+func (a *Agent) checkDNS() {
+	if a.cfg.Root == "" {
+		return
+	}
+	r, err := doctor.ReadResolvers(a.cfg.Root)
+	if err != nil {
+		a.metrics.dnsLoop.Set(-1)
+		return
+	}
+	res := doctor.DNSLoop(r, a.cfg.ClusterDNS, []string{"precache bootstrap --dns-fallback IP", "a bundle on disk"})
+	fail := res.Status == doctor.Fail
+	switch res.Status {
+	case doctor.Fail:
+		a.metrics.dnsLoop.Set(1)
+	case doctor.Skip:
+		a.metrics.dnsLoop.Set(-1)
+	default:
+		a.metrics.dnsLoop.Set(0)
+	}
+	a.mu.Lock()
+	changed := fail != a.dnsFail
+	a.dnsFail = fail
+	a.mu.Unlock()
+	if !changed || a.recorder == nil || a.cfg.NodeName == "" {
+		return
+	}
+	if fail {
+		a.log.Warn("DNS depends on the cluster", zap.String("summary", res.Summary))
+		a.recorder.Eventf(a.nodeRef(), corev1.EventTypeWarning, "PrecacheDNSLoop", "precache: %s; fix: %s", res.Summary, res.Fix)
+	} else {
+		a.recorder.Eventf(a.nodeRef(), corev1.EventTypeNormal, "PrecacheDNSLoopResolved", "precache: %s", res.Summary)
+	}
+}
+
 func (a *Agent) nodeRef() *corev1.ObjectReference {
 	return &corev1.ObjectReference{Kind: "Node", Name: a.cfg.NodeName, UID: "", APIVersion: "v1"}
 }
@@ -449,6 +503,10 @@ func firstLine(s string) string {
 func (a *Agent) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}))
+	if a.cfg.Profiling {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	}
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		a.mu.Lock()

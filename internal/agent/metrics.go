@@ -1,6 +1,9 @@
 package agent
 
 import (
+	"net/http"
+	"strings"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -14,7 +17,35 @@ type metrics struct {
 	failures    *prometheus.CounterVec
 	lastSuccess prometheus.Gauge
 	reconciles  *prometheus.CounterVec
+	dnsLoop     prometheus.Gauge
 }
+
+// apiRequests counts the agent's requests to the API server, by method and kind of
+// request (list, watch, get, create…), to show what it costs the control plane.
+var apiRequests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "precache_api_requests_total",
+	Help: "Requests this process made to the Kubernetes API server."}, []string{"method", "kind"})
+
+// CountRequests wraps a client-go transport so every API request is counted.
+func CountRequests(rt http.RoundTripper) http.RoundTripper {
+	return roundTripFunc(func(req *http.Request) (*http.Response, error) {
+		kind := "get"
+		q := req.URL.Query()
+		switch {
+		case q.Get("watch") == "true" || q.Get("watch") == "1":
+			kind = "watch"
+		case req.Method != http.MethodGet:
+			kind = strings.ToLower(req.Method)
+		case !strings.Contains(strings.TrimPrefix(req.URL.Path, "/"), "/") || q.Has("labelSelector") || q.Has("fieldSelector") || q.Has("limit"):
+			kind = "list"
+		}
+		apiRequests.WithLabelValues(req.Method, kind).Inc()
+		return rt.RoundTrip(req)
+	})
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
 func newMetrics() *metrics {
 	m := &metrics{
@@ -28,8 +59,11 @@ func newMetrics() *metrics {
 		lastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{Name: "precache_last_success_timestamp_seconds",
 			Help: "Unix time of the last reconcile that left every desired image right."}),
 		reconciles: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "precache_reconciles_total", Help: "Reconciles, by result."}, []string{"result"}),
+		dnsLoop: prometheus.NewGauge(prometheus.GaugeOpts{Name: "precache_dns_depends_on_cluster",
+			Help: "1 when the node's only resolvers are the cluster DNS service (the DNS-CNI loop, precache doctor's dns-loop FAIL), 0 when not, -1 when unknown."}),
 	}
-	m.reg.MustRegister(m.desired, m.present, m.pinned, m.pull, m.failures, m.lastSuccess, m.reconciles,
+	m.dnsLoop.Set(-1)
+	m.reg.MustRegister(m.desired, m.present, m.pinned, m.pull, m.failures, m.lastSuccess, m.reconciles, m.dnsLoop, apiRequests,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }

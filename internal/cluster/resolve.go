@@ -206,8 +206,15 @@ func Resolve(s Snapshot) (*Discovery, error) {
 			continue
 		}
 		for _, is := range s.ImageSets {
-			if dg, ok := is.Images[img.Ref.Path()]; ok && strings.HasSuffix(is.Name, d.Version) {
-				img.Ref.Digest, img.DigestSource = dg, "imagesets.operator.tigera.io "+is.Name
+			if !strings.HasSuffix(is.Name, d.Version) {
+				continue
+			}
+			// ImageSet images are "calico/node", whatever registry (and path before it) the
+			// Installation uses.
+			for key, dg := range is.Images {
+				if p := img.Ref.Path(); p == key || strings.HasSuffix(p, "/"+key) {
+					img.Ref.Digest, img.DigestSource = dg, "imagesets.operator.tigera.io "+is.Name
+				}
 			}
 		}
 		if img.Ref.Digest != "" {

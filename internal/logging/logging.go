@@ -29,7 +29,7 @@ func New(w io.Writer, format Format, verbosity int) (*zap.Logger, error) {
 	switch format {
 	case FormatAuto:
 		format = FormatJSON
-		if isTerminal(w) {
+		if IsTerminal(w) {
 			format = FormatConsole
 		}
 	case FormatConsole, FormatJSON:
@@ -47,7 +47,7 @@ func New(w io.Writer, format Format, verbosity int) (*zap.Logger, error) {
 	if format == FormatConsole {
 		encCfg.EncodeLevel = zapcore.CapitalColorLevelEncoder
 		encCfg.EncodeTime = zapcore.TimeEncoderOfLayout("15:04:05.000")
-		if !isTerminal(w) {
+		if !IsTerminal(w) {
 			encCfg.EncodeLevel = zapcore.CapitalLevelEncoder
 		}
 		enc = zapcore.NewConsoleEncoder(encCfg)
@@ -65,7 +65,8 @@ func New(w io.Writer, format Format, verbosity int) (*zap.Logger, error) {
 	return log, nil
 }
 
-func isTerminal(w io.Writer) bool {
+// IsTerminal reports whether w is a terminal (for console logs and progress displays).
+func IsTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
 	if !ok {
 		return false

@@ -52,7 +52,8 @@ func TestAgentFollowsAnUpgrade(t *testing.T) {
 	n := newNode(t)
 	addr := freeAddr(t)
 	var logs bytes.Buffer
-	cmd := exec.Command(binary, "agent", "--kubeconfig", adminKubecfg, "--node-name", nodeName, "--metrics-address", addr, "--resync", "1h")
+	root := kubesprayRoot(t, "[Resolve]\nDNS="+clusterDNSIP+"\n") // the node is in the DNS loop
+	cmd := exec.Command(binary, "agent", "--kubeconfig", adminKubecfg, "--node-name", nodeName, "--metrics-address", addr, "--resync", "1h", "--root", root)
 	cmd.Env = append(os.Environ(), "CONTAINERD_ADDRESS="+n.Address, "PRECACHE_HOSTS_DIR="+hostsDir, "PRECACHE_LOG_FORMAT=json",
 		"PRECACHE_STATE_FILE="+filepath.Join(n.Dir, "state.json"))
 	cmd.Stdout, cmd.Stderr = &logs, &logs
@@ -156,16 +157,20 @@ func TestAgentFollowsAnUpgrade(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	// Any change triggers a reconcile; touch the DaemonSet's labels.
 	touch(t)
-	eventually(t, 20*time.Second, "a Warning Event on the Node", func() error { return nodeEvent(t, nodeName, "Warning") })
+	eventually(t, 20*time.Second, "a Warning Event on the Node", func() error { return nodeEvent(t, nodeName, "Warning", "PrecacheImagesNotRight") })
 	eventually(t, 60*time.Second, "recovery after the containerd restart", func() error {
 		if err := pinnedSet(newV)(); err != nil {
 			return err
 		}
-		return nodeEvent(t, nodeName, "Normal")
+		return nodeEvent(t, nodeName, "Normal", "PrecacheRecovered")
 	})
 
 	body := httpGet(t, "http://"+addr+"/metrics")
-	for _, want := range []string{"precache_images_desired 4", "precache_images_pinned 4", "precache_reconciles_total{result=\"ok\"}", "precache_last_success_timestamp_seconds"} {
+	if err := nodeEvent(t, nodeName, "Warning", "PrecacheDNSLoop"); err != nil {
+		t.Errorf("the DNS loop was not reported on the Node: %v", err)
+	}
+	for _, want := range []string{"precache_images_desired 4", "precache_images_pinned 4", "precache_reconciles_total{result=\"ok\"}", "precache_last_success_timestamp_seconds",
+		"precache_dns_depends_on_cluster 1", "precache_api_requests_total{kind=\"watch\",method=\"GET\"} 4"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
@@ -250,8 +255,8 @@ func touch(t *testing.T) {
 	}
 }
 
-// nodeEvent finds an Event of type typ from precache about the Node.
-func nodeEvent(t *testing.T, node, typ string) error {
+// nodeEvent finds an Event of type typ and reason from precache about the Node.
+func nodeEvent(t *testing.T, node, typ, reason string) error {
 	evs, err := kubeClient.CoreV1().Events("default").List(t.Context(), metav1.ListOptions{})
 	if err != nil {
 		return err
@@ -259,7 +264,7 @@ func nodeEvent(t *testing.T, node, typ string) error {
 	var seen []string
 	for _, e := range evs.Items {
 		seen = append(seen, e.Type+"/"+e.Reason)
-		if e.InvolvedObject.Kind == "Node" && e.InvolvedObject.Name == node && e.Type == typ && e.Source.Component == "precache" {
+		if e.InvolvedObject.Kind == "Node" && e.InvolvedObject.Name == node && e.Type == typ && e.Reason == reason && e.Source.Component == "precache" {
 			return nil
 		}
 	}

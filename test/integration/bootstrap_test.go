@@ -83,7 +83,7 @@ func TestSecondRunIsANoOpWithoutTheNetwork(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("second bootstrap exit %d: %s", r.code, r.stderr)
 	}
-	if !strings.Contains(r.stdout, "4 already right") {
+	if !strings.Contains(r.stdout, "4 already right") || !strings.Contains(r.stdout, "path: local") {
 		t.Fatalf("second bootstrap did something:\n%s", r.stdout)
 	}
 	t.Logf("no-op bootstrap took %s (whole process)", r.took)

@@ -276,8 +276,14 @@ func TestDiscoveryManifestInstall(t *testing.T) {
 }
 
 func TestDiscoveryOperatorInstall(t *testing.T) {
+	for _, registry := range []string{"quay.io", "registry.local:5000/tigera-mirror"} {
+		t.Run(registry, func(t *testing.T) { operatorInstall(t, registry) })
+	}
+}
+
+func operatorInstall(t *testing.T, registry string) {
 	const v = "v3.30.2"
-	q := func(c string) string { return "quay.io/calico/" + c + ":" + v }
+	q := func(c string) string { return registry + "/calico/" + c + ":" + v }
 	createDS(t, daemonSet("calico-system", "calico-node",
 		map[string]string{"flexvol-driver": q("pod2daemon-flexvol"), "install-cni": q("cni")},
 		map[string]string{"calico-node": q("node")}))
@@ -286,7 +292,7 @@ func TestDiscoveryOperatorInstall(t *testing.T) {
 	createDeploy(t, deployment("calico-system", "calico-typha", map[string]string{"calico-typha": q("typha")}))
 	createDeploy(t, deployment("tigera-operator", "tigera-operator", map[string]string{"tigera-operator": "quay.io/tigera/operator:v1.38.3"}))
 	createCR(t, cluster.Installations, "default", map[string]any{"spec": map[string]any{}, "status": map[string]any{
-		"calicoVersion": v, "variant": "Calico", "computed": map[string]any{"registry": "quay.io/", "imagePath": "calico"}}})
+		"calicoVersion": v, "variant": "Calico", "computed": map[string]any{"registry": registry + "/", "imagePath": "calico"}}})
 	nodeDigest := "sha256:" + strings.Repeat("a", 64)
 	csiDigest := "sha256:" + strings.Repeat("b", 64)
 	createCR(t, cluster.ImageSets, "calico-"+v, map[string]any{"spec": map[string]any{"images": []any{
@@ -298,6 +304,8 @@ func TestDiscoveryOperatorInstall(t *testing.T) {
 	if d.Version != v || d.Variant != "operator" {
 		t.Fatalf("discovered %s %s, want %s operator", d.Version, d.Variant, v)
 	}
+	// The specs' images, the rest of the operator's set from the catalog under the same
+	// registry, and the ImageSet's digests.
 	want := []string{
 		q("cni"), q("csi") + "@" + csiDigest, q("goldmane"), q("key-cert-provisioner"), q("kube-controllers"),
 		q("node") + "@" + nodeDigest, q("node-driver-registrar"), q("pod2daemon-flexvol"), q("typha"),

@@ -65,7 +65,8 @@ func run() error {
 		precache = flag.String("precache", "bin/precache", "precache binary")
 		rounds   = flag.Int("rounds", 3, "rounds of each tool, alternating")
 		noops    = flag.Int("noops", 20, "no-op bootstrap runs to time")
-		mode     = flag.String("mode", "all", "pull, import or all")
+		mode     = flag.String("mode", "all", "pull, import, agent or all")
+		window   = flag.Duration("agent-window", 2*time.Minute, "how long the agent is watched while idle")
 		regBin   = flag.String("registry", "/usr/bin/docker-registry", "docker-registry (distribution) binary")
 		cacheDir = flag.String("cache", filepath.Join(testenv.ToolsDir(), "..", "bench-registry"), "registry storage kept between runs")
 	)
@@ -149,6 +150,9 @@ func run() error {
 	if *mode == "import" {
 		return benchImport(ctx, os.Stdout, bin, ctrBin, hosts, *rounds)
 	}
+	if *mode == "agent" {
+		return benchAgent(ctx, os.Stdout, bin, hosts, *window)
+	}
 	results := make([][]sample, len(tools))
 	for round := 0; round < *rounds; round++ {
 		for k := range tools {
@@ -168,7 +172,10 @@ func run() error {
 	}
 	report(os.Stdout, tools, results, noop, noopCtr, totals, *rounds)
 	if *mode == "all" {
-		return benchImport(ctx, os.Stdout, bin, ctrBin, hosts, *rounds)
+		if err := benchImport(ctx, os.Stdout, bin, ctrBin, hosts, *rounds); err != nil {
+			return err
+		}
+		return benchAgent(ctx, os.Stdout, bin, hosts, *window)
 	}
 	return nil
 }

@@ -1,0 +1,226 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/precache/precache/internal/bundle"
+	"github.com/precache/precache/internal/cache"
+	"github.com/precache/precache/internal/cluster"
+	"github.com/precache/precache/internal/doctor"
+	"github.com/precache/precache/internal/manifest"
+)
+
+// releaseBytes estimates what one Calico release takes on disk (compressed + unpacked).
+const releaseBytes = 2 << 30
+
+func newDoctorCommand(a *app) *cobra.Command {
+	var (
+		set              setFlags
+		root             string
+		kubeletConfig    string
+		containerdConfig string
+		bundlePath       string
+		stateFile        string
+		output           string
+		strict           bool
+	)
+	cmd := &cobra.Command{
+		Use:   "doctor",
+		Short: "Find the DNS ↔ CNI loop and what else would keep this node from recovering its network",
+		Long: `doctor checks, with evidence and a fix for each: whether the node's name resolution depends on
+the cluster DNS service (the loop: cluster DNS needs the CNI, whose images need DNS); whether
+the Calico images are present, complete, unpacked and pinned; whether a bundle is configured,
+readable and covers the running version; containerd (reachable, pinning support, the CRI's
+snapshotter, discard_unpacked_layers, registry config_path); disk space; the kubelet's image
+GC thresholds. Exit code: 0 all OK, 1 any WARN with --strict, 2 any FAIL.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := outputFormat(output).validate(); err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			results := a.doctor(ctx, &set, root, kubeletConfig, containerdConfig, bundlePath, stateFile)
+			w := cmd.OutOrStdout()
+			if output == "json" {
+				if err := writeJSON(w, results); err != nil {
+					return err
+				}
+			} else {
+				printDoctor(w, results)
+			}
+			if code := doctor.ExitCode(results, strict); code != 0 {
+				return &exitError{code: code}
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	set.register(f)
+	envFlag(f, &root, "root", "PRECACHE_ROOT", "/", "the node's root filesystem (the DaemonSet mounts it at /host)")
+	envFlag(f, &kubeletConfig, "kubelet-config", "PRECACHE_KUBELET_CONFIG", "/var/lib/kubelet/config.yaml", "the kubelet's config file, under --root")
+	envFlag(f, &containerdConfig, "containerd-config", "PRECACHE_CONTAINERD_CONFIG", "/etc/containerd/config.toml", "containerd's config file, under --root")
+	envFlag(f, &bundlePath, "bundle", "PRECACHE_BUNDLE", "", "the bundle bootstrap falls back to, under --root")
+	envFlag(f, &stateFile, "state-file", "PRECACHE_STATE_FILE", DefaultStateFile, "the state bootstrap and the agent record, under --root")
+	f.StringVarP(&output, "output", "o", "table", "table or json")
+	f.BoolVar(&strict, "strict", false, "exit 1 on warnings too")
+	return cmd
+}
+
+func (a *app) doctor(ctx context.Context, set *setFlags, root, kubeletConfig, containerdConfig, bundlePath, stateFile string) []doctor.Result {
+	under := func(p string) string { return filepath.Join(root, p) }
+	var results []doctor.Result
+
+	// The image set and the cluster DNS IPs: the cluster if it can be read, else the flags, else the state.
+	var (
+		images []manifest.Image
+		what   = "the set"
+		dnsIPs []string
+	)
+	kubelet, kerr := doctor.ReadKubelet(under(kubeletConfig))
+	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	found, discovered, derr := a.discoverSet(actx, set, under(cluster.KubeletConfig))
+	if derr == nil {
+		images, what = discovered, "Calico "+found.Version
+		if cfg, _, err := cluster.Config(set.kubeconfig, under(cluster.KubeletConfig)); err == nil {
+			if clients, err := cluster.NewClients(cfg); err == nil {
+				dnsIPs = clusterDNS(actx, clients, under(kubeletConfig))
+			}
+		}
+	}
+	cancel()
+	switch {
+	case images != nil:
+	case set.version != "" || len(set.images) > 0 || set.imagesFile != "":
+		images, _ = set.build()
+		what = "the flags' set"
+	default:
+		if _, st, err := readState(under(stateFile)); err == nil {
+			images, what = st, "the set recorded in "+stateFile
+		}
+	}
+	if len(dnsIPs) == 0 && kerr == nil {
+		dnsIPs = kubelet.ClusterDNS
+	}
+
+	// 1. The loop.
+	remedies := []string{"precache bootstrap --dns-fallback IP", "a bundle on disk (precache bootstrap --bundle FILE)"}
+	if r, err := doctor.ReadResolvers(root); err != nil {
+		results = append(results, doctor.Result{Check: "dns-loop", Status: doctor.Skip, Summary: err.Error()})
+	} else {
+		results = append(results, doctor.DNSLoop(r, dnsIPs, remedies))
+	}
+
+	// 2–4. containerd, the images, the bundle.
+	c := doctor.Containerd{Address: a.global.address, Snapshotter: a.global.snapshotter}
+	store, err := a.openStore(ctx, storeFlags{})
+	if err != nil {
+		c.Reachable = err
+	} else {
+		defer store.Close()
+		if v, err := store.Client().Version(ctx); err == nil {
+			c.Version = v.Version
+		}
+		c.CRI, _ = doctor.CRIConfig(ctx, strings.TrimPrefix(a.global.address, "unix://"))
+	}
+	if cfg, err := doctor.ReadContainerdConfig(under(containerdConfig)); err == nil {
+		c.Config, c.ConfigPath = cfg, containerdConfig
+	}
+	results = append(results, doctor.ContainerdCheck(c))
+	switch {
+	case images == nil:
+		results = append(results, doctor.Result{Check: "images", Status: doctor.Skip,
+			Summary: "no image set: the cluster could not be read (" + firstLine(errString(derr)) + ") and no --calico-version or state file"})
+	case store == nil:
+		results = append(results, doctor.Result{Check: "images", Status: doctor.Skip, Summary: "containerd unreachable"})
+	default:
+		rows, err := cache.Status(ctx, store, images)
+		if err != nil {
+			results = append(results, doctor.Result{Check: "images", Status: doctor.Skip, Summary: err.Error()})
+		} else {
+			results = append(results, doctor.Images(images, rows, what))
+		}
+	}
+	if bundlePath == "" {
+		results = append(results, doctor.Bundle("", nil, nil, images))
+	} else {
+		var lock *manifest.Lock
+		in, _, err := openBundle(under(bundlePath))
+		if err == nil {
+			lock, err = bundle.PeekLock(in)
+			in.Close()
+		}
+		results = append(results, doctor.Bundle(bundlePath, lock, err, images))
+	}
+
+	// 5–6. Disk and the kubelet's image GC, on the containerd root.
+	croot := under("/var/lib/containerd")
+	if c.CRI != nil {
+		for _, key := range []string{"containerdRootDir", "rootDir"} {
+			if p := findCRIString(c.CRI, key); p != "" {
+				croot = under(strings.TrimSuffix(p, "/io.containerd.grpc.v1.cri"))
+				break
+			}
+		}
+	}
+	var fs syscall.Statfs_t
+	if err := syscall.Statfs(croot, &fs); err != nil {
+		results = append(results, doctor.Result{Check: "disk", Status: doctor.Skip, Summary: err.Error()})
+	} else {
+		free := fs.Bavail * uint64(fs.Bsize)
+		total := fs.Blocks * uint64(fs.Bsize)
+		results = append(results, doctor.Disk(croot, free, releaseBytes))
+		used := 0
+		if total > 0 {
+			used = int((total - fs.Bfree*uint64(fs.Bsize)) * 100 / total)
+		}
+		if kerr != nil {
+			kubelet.Path = kubeletConfig + " (not readable: kubelet defaults)"
+		}
+		results = append(results, doctor.KubeletGC(kubelet, used, c.Reachable == nil && doctor.PinningSupported(c.Version)))
+	}
+	return results
+}
+
+func findCRIString(m map[string]any, key string) string {
+	for k, v := range m {
+		if s, ok := v.(string); ok && k == key {
+			return s
+		}
+		if inner, ok := v.(map[string]any); ok {
+			if s := findCRIString(inner, key); s != "" {
+				return s
+			}
+		}
+	}
+	return ""
+}
+
+func printDoctor(w io.Writer, results []doctor.Result) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "CHECK\tSTATUS\tSUMMARY")
+	for _, r := range results {
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", r.Check, r.Status, r.Summary)
+	}
+	tw.Flush()
+	for _, r := range results {
+		if r.Status == doctor.OK && len(r.Evidence) == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "\n%s (%s)\n", r.Check, r.Status)
+		for _, e := range r.Evidence {
+			fmt.Fprintln(w, "  evidence:", e)
+		}
+		if r.Fix != "" {
+			fmt.Fprintln(w, "  fix:", r.Fix)
+		}
+	}
+}
