@@ -33,6 +33,10 @@ func TestAgentFollowsAnUpgrade(t *testing.T) {
 		t.Fatal(err)
 	}
 	manifestInstall(t, "docker.io", oldV)
+	const self = "docker.io/precache/precache:it"
+	if _, err := reg.Push(t.Context(), "precache/precache", "it", testenv.ImageSpec{Seed: 41}); err != nil {
+		t.Fatal(err)
+	}
 	const nodeName = "node-1"
 	if _, err := kubeClient.CoreV1().Nodes().Create(t.Context(), &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -53,7 +57,7 @@ func TestAgentFollowsAnUpgrade(t *testing.T) {
 	addr := freeAddr(t)
 	var logs bytes.Buffer
 	root := kubesprayRoot(t, "[Resolve]\nDNS="+clusterDNSIP+"\n") // the node is in the DNS loop
-	cmd := exec.Command(binary, "agent", "--kubeconfig", adminKubecfg, "--node-name", nodeName, "--metrics-address", addr, "--resync", "1h", "--root", root)
+	cmd := exec.Command(binary, "agent", "--kubeconfig", adminKubecfg, "--node-name", nodeName, "--metrics-address", addr, "--resync", "1h", "--root", root, "--self-image", self)
 	cmd.Env = append(os.Environ(), "CONTAINERD_ADDRESS="+n.Address, "PRECACHE_HOSTS_DIR="+hostsDir, "PRECACHE_LOG_FORMAT=json",
 		"PRECACHE_STATE_FILE="+filepath.Join(n.Dir, "state.json"))
 	cmd.Stdout, cmd.Stderr = &logs, &logs
@@ -91,6 +95,9 @@ func TestAgentFollowsAnUpgrade(t *testing.T) {
 	start := time.Now()
 	eventually(t, 60*time.Second, "the running version's images pinned", pinnedSet(oldV))
 	t.Logf("agent made %s right %s after start", oldV, time.Since(start).Round(time.Millisecond))
+	if rec := n.image(self); rec.Labels[cache.LabelCRIPinned] != "pinned" {
+		t.Errorf("the agent's own image is not pinned: %v", rec.Labels)
+	}
 	eventually(t, 10*time.Second, "/readyz ok", func() error { return httpOK("http://" + addr + "/readyz") })
 
 	// An upgrade is applied: the DaemonSet moves to the new tag.
@@ -169,7 +176,7 @@ func TestAgentFollowsAnUpgrade(t *testing.T) {
 	if err := nodeEvent(t, nodeName, "Warning", "PrecacheDNSLoop"); err != nil {
 		t.Errorf("the DNS loop was not reported on the Node: %v", err)
 	}
-	for _, want := range []string{"precache_images_desired 4", "precache_images_pinned 4", "precache_reconciles_total{result=\"ok\"}", "precache_last_success_timestamp_seconds",
+	for _, want := range []string{"precache_images_desired 5", "precache_images_pinned 5", "precache_reconciles_total{result=\"ok\"}", "precache_last_success_timestamp_seconds",
 		"precache_dns_depends_on_cluster 1", "precache_api_requests_total{kind=\"watch\",method=\"GET\"} 4"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)

@@ -381,4 +381,15 @@ func TestBootstrapFromCluster(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stdout, "image set: state recorded on this node") || !strings.Contains(r.stdout, "4 already right") {
 		t.Fatalf("fallback to the state file: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
 	}
+
+	// No API, no flags, no state: the lock inside the bundle.
+	bundleFile := filepath.Join(t.TempDir(), "calico.tar.zst")
+	if r := n.precache(nil, "bundle", "--calico-version", dockerVersion, "-o", bundleFile); r.code != 0 {
+		t.Fatalf("bundle: %s", r.stderr)
+	}
+	fresh := newNode(t)
+	r = fresh.precache(append(dead, "PRECACHE_STATE_FILE="+filepath.Join(t.TempDir(), "none.json")), "bootstrap", "--bundle", bundleFile)
+	if r.code != 0 || !strings.Contains(r.stdout, "image set: the lock inside "+bundleFile) || !strings.Contains(r.stdout, "4 pulled") {
+		t.Fatalf("fallback to the bundle's lock: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
 }
