@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 
 	"github.com/go-logr/zapr"
 	"github.com/sirupsen/logrus"
@@ -13,6 +14,8 @@ import (
 	"go.uber.org/zap/zapcore"
 	"k8s.io/klog/v2"
 )
+
+var routeOnce sync.Once
 
 // Format is the log encoding.
 type Format string
@@ -55,13 +58,17 @@ func New(w io.Writer, format Format, verbosity int) (*zap.Logger, error) {
 		enc = zapcore.NewJSONEncoder(encCfg)
 	}
 	log := zap.New(zapcore.NewCore(enc, zapcore.AddSync(w), level))
-	routeLogrus(log, verbosity)
-	// client-go logs through klog: into the same stream, its chatter only with -vv.
-	klogLog := log.Named("client-go")
-	if verbosity < 2 {
-		klogLog = klogLog.WithOptions(zap.IncreaseLevel(zapcore.WarnLevel))
-	}
-	klog.SetLogger(zapr.NewLogger(klogLog))
+	// The libraries' loggers are process-global: route them once, to the first logger
+	// built (a process builds one; tests running commands in parallel build many).
+	routeOnce.Do(func() {
+		routeLogrus(log, verbosity)
+		// client-go logs through klog: into the same stream, its chatter only with -vv.
+		klogLog := log.Named("client-go")
+		if verbosity < 2 {
+			klogLog = klogLog.WithOptions(zap.IncreaseLevel(zapcore.WarnLevel))
+		}
+		klog.SetLogger(zapr.NewLogger(klogLog))
+	})
 	return log, nil
 }
 
