@@ -1,0 +1,65 @@
+package containerd
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"syscall"
+	"testing"
+
+	remoteerrors "github.com/containerd/containerd/v2/core/remotes/errors"
+	"github.com/containerd/errdefs"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/precache/precache/internal/cache"
+)
+
+func TestClassify(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name      string
+		err       error
+		sentinel  error
+		transient bool
+		says      string
+	}{
+		{"unknown name: not worth retrying", &net.DNSError{Err: "no such host", Name: "registry.example", IsNotFound: true}, nil, false, "does not resolve"},
+		{"DNS timeout", &net.DNSError{Err: "i/o timeout", Name: "registry.example", IsTimeout: true}, cache.ErrUnavailable, true, ""},
+		{"401", remoteerrors.ErrUnexpectedStatus{Status: "401 Unauthorized", StatusCode: 401}, cache.ErrUnauthorized, false, ""},
+		{"404", remoteerrors.ErrUnexpectedStatus{Status: "404 Not Found", StatusCode: 404}, cache.ErrNotFound, false, ""},
+		{"503", remoteerrors.ErrUnexpectedStatus{Status: "503", StatusCode: 503}, cache.ErrUnavailable, true, ""},
+		{"429", remoteerrors.ErrUnexpectedStatus{Status: "429", StatusCode: 429}, cache.ErrUnavailable, true, ""},
+		{"connection refused", &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}, cache.ErrUnavailable, true, "connection refused"},
+		{"not found from containerd", fmt.Errorf("resolving: %w", errdefs.ErrNotFound), cache.ErrNotFound, false, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			got := classify(tt.err)
+			if tt.sentinel != nil && !errors.Is(got, tt.sentinel) {
+				t.Errorf("classify(%v) = %v, want %v", tt.err, got, tt.sentinel)
+			}
+			if errors.Is(got, cache.ErrUnavailable) != tt.transient {
+				t.Errorf("classify(%v) transient = %t, want %t", tt.err, !tt.transient, tt.transient)
+			}
+			if tt.says != "" && !strings.Contains(got.Error(), tt.says) {
+				t.Errorf("classify(%v) = %q, want it to say %q", tt.err, got, tt.says)
+			}
+		})
+	}
+}
+
+func TestGRPCCause(t *testing.T) {
+	t.Parallel()
+	err := status.Error(codes.Unavailable, `connection error: desc = "transport: Error while dialing: dial unix /run/containerd/containerd.sock: connect: connection refused"`)
+	got := grpcCause(err)
+	if got.Error() != "unavailable: dial unix /run/containerd/containerd.sock: connect: connection refused" || !errdefs.IsUnavailable(got) {
+		t.Fatalf("grpcCause = %q", got)
+	}
+	other := errors.New("something else")
+	if grpcCause(other) != other {
+		t.Fatal("grpcCause changed a non-gRPC error")
+	}
+}
