@@ -113,7 +113,7 @@ func benchAgent(ctx context.Context, w io.Writer, bin, hosts string, window time
 	}
 	sys := metricValue(metricsAddr, "go_memstats_sys_bytes")
 
-	fmt.Fprintf(w, "\n### Agent (cluster issue)\n\n`precache agent` against kube-apiserver %s (envtest) and containerd %s, a calico-node DaemonSet for %s, after its first reconcile (4 images pulled), idle for %s:\n\n",
+	fmt.Fprintf(w, "\n### Agent\n\n`precache agent` against kube-apiserver %s (envtest) and containerd %s, a calico-node DaemonSet for %s, after its first reconcile (4 images pulled), idle for %s:\n\n",
 		testenv.KubeVersion, testenv.ContainerdVersion, calicoVersion, window)
 	fmt.Fprintf(w, "| measure | value |\n|---|---|\n")
 	fmt.Fprintf(w, "| idle RSS | %d MiB (anonymous %d MiB, file-backed %d MiB; peak during the first pull: %d MiB) |\n", rss/1024, anon/1024, file/1024, hwm/1024)
