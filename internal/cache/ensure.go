@@ -211,10 +211,12 @@ func (e *Ensurer) pull(ctx context.Context, img manifest.Image, existing map[str
 	}()
 
 	// Resolve the tag when there is one, even if a digest is expected: a tag that has
-	// moved away from the locked digest is drift the user must hear about.
+	// moved away from the locked digest is drift the user must hear about. A reference
+	// that names its digest (a spec, the operator's ImageSet) is pulled by it, as the
+	// kubelet pulls it.
 	resolveRef := img.Ref.TagName()
-	if resolveRef == "" {
-		resolveRef = img.Ref.String()
+	if resolveRef == "" || img.ByDigest && img.Ref.Digest != "" {
+		resolveRef = img.Ref.DigestName(img.Ref.Digest)
 	}
 	var target ocispec.Descriptor
 	err = e.retry(ctx, img, "resolve", func() error {

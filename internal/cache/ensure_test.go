@@ -741,3 +741,41 @@ func TestEnsureStoreFailure(t *testing.T) {
 		t.Errorf("registry calls %q with the image store failing, want none", calls)
 	}
 }
+
+// A reference that names its digest (a spec's name:tag@sha256:…, the operator's ImageSet)
+// is pulled by that digest, as the kubelet pulls it, even after the tag moved; a lock's
+// digest is checked against the tag, so the same move is reported.
+func TestEnsureByDigestVersusLock(t *testing.T) {
+	t.Parallel()
+	f := cachetest.NewFake()
+	const ref = "docker.io/example/moved:v1"
+	old := f.Publish(ref)
+	moved := f.Publish(ref) // the tag now points elsewhere
+	if old.Digest == moved.Digest {
+		t.Fatal("the fake did not move the tag")
+	}
+	e := cache.NewEnsurer(f, cache.Options{Retry: cache.Retry{Attempts: 1}})
+
+	r := manifest.MustParseRef(ref)
+	r.Digest = old.Digest
+	res, err := e.Ensure(t.Context(), []manifest.Image{{Ref: r, DigestSource: "DaemonSet kube-system/calico-node", ByDigest: true}})
+	if err != nil {
+		t.Fatalf("by digest: %v", err)
+	}
+	if res[0].Digest != old.Digest {
+		t.Fatalf("pulled %s, want the spec's %s", res[0].Digest, old.Digest)
+	}
+	if calls := f.Calls(); len(calls) == 0 || calls[0] != "resolve docker.io/example/moved@"+old.Digest.String() {
+		t.Fatalf("calls %v: want a resolve by digest first", calls)
+	}
+
+	locked := manifest.MustParseRef("docker.io/example/moved:v1")
+	locked.Digest = old.Digest
+	f2 := cachetest.NewFake()
+	locked.Digest = f2.Publish(ref).Digest
+	f2.Publish(ref) // moved
+	_, err = cache.NewEnsurer(f2, cache.Options{Retry: cache.Retry{Attempts: 1}}).Ensure(t.Context(), []manifest.Image{{Ref: locked, DigestSource: "calico.lock"}})
+	if !errors.Is(err, cache.ErrDigestMismatch) {
+		t.Fatalf("lock against a moved tag: %v, want ErrDigestMismatch", err)
+	}
+}

@@ -213,7 +213,7 @@ func Resolve(s Snapshot) (*Discovery, error) {
 			// Installation uses.
 			for key, dg := range is.Images {
 				if p := img.Ref.Path(); p == key || strings.HasSuffix(p, "/"+key) {
-					img.Ref.Digest, img.DigestSource = dg, "imagesets.operator.tigera.io "+is.Name
+					img.Ref.Digest, img.DigestSource, img.ByDigest = dg, "imagesets.operator.tigera.io "+is.Name, true
 				}
 			}
 		}
@@ -229,7 +229,7 @@ func Resolve(s Snapshot) (*Discovery, error) {
 			if err != nil || id.Digest == "" {
 				continue
 			}
-			img.Ref.Digest, img.DigestSource = id.Digest, fmt.Sprintf("imageID of pod %s on %s", r.Pod, r.Node)
+			img.Ref.Digest, img.DigestSource, img.ByDigest = id.Digest, fmt.Sprintf("imageID of pod %s on %s", r.Pod, r.Node), true
 			break
 		}
 	}
@@ -247,14 +247,14 @@ func useSpec(set []manifest.Image, ref manifest.Ref, source, prefix string) []ma
 		if img.Component != "" && (ref.Base() == img.Component || ref.Base() == prefix+img.Component) {
 			set[i].Ref, set[i].Source = ref, source
 			if ref.Digest != "" {
-				set[i].DigestSource = source
+				set[i].DigestSource, set[i].ByDigest = source, true
 			}
 			return set
 		}
 	}
 	img := manifest.Image{Ref: ref, Source: source}
 	if ref.Digest != "" {
-		img.DigestSource = source
+		img.DigestSource, img.ByDigest = source, true
 	}
 	return append(set, img)
 }

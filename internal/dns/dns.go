@@ -88,7 +88,10 @@ func Probe(ctx context.Context, r *net.Resolver, hosts []string, deadline time.T
 			if err == nil {
 				return
 			}
-			if ctx.Err() != nil {
+			// The resolver's own timer (derived from the deadline) may fire a moment
+			// before the context's: both mean the server did not answer in time.
+			var ne net.Error
+			if ctx.Err() != nil || errors.As(err, &ne) && ne.Timeout() {
 				err = errors.New("no answer before the DNS deadline (--dns-timeout)")
 			}
 			mu.Lock()

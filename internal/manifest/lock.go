@@ -144,6 +144,7 @@ func ApplyLock(set []Image, l *Lock, source string) ([]Image, error) {
 		}
 		out[i].Ref.Digest = d
 		out[i].DigestSource = source
+		out[i].ByDigest = false // a lock's digest is checked against the tag
 	}
 	return out, nil
 }

@@ -23,6 +23,10 @@ type Image struct {
 	Source string `json:"source"`
 	// DigestSource says where Ref.Digest came from, if set.
 	DigestSource string `json:"digestSource,omitempty"`
+	// ByDigest: pull by the digest, as the kubelet does for a reference that names one
+	// (a spec's name@sha256:…, the operator's ImageSet). Otherwise an expected digest (a
+	// lock) is checked against what the tag resolves to, so a moved tag is reported.
+	ByDigest bool `json:"byDigest,omitempty"`
 }
 
 // Options select and rewrite an image set.
@@ -83,7 +87,7 @@ func Build(o Options) ([]Image, error) {
 		if err != nil {
 			return nil, fmt.Errorf("--image: %w", err)
 		}
-		extra = append(extra, Image{Ref: ref, Source: "--image"})
+		extra = append(extra, withOwnDigest(Image{Ref: ref, Source: "--image"}))
 	}
 	if o.ImagesFile != "" {
 		fromFile, err := readImagesFile(o.ImagesFile)
@@ -145,12 +149,20 @@ func parseImagesList(r io.Reader, name string) ([]Image, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s:%d: %w", name, n, err)
 		}
-		out = append(out, Image{Ref: ref, Source: name})
+		out = append(out, withOwnDigest(Image{Ref: ref, Source: name}))
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("reading %s: %w", name, err)
 	}
 	return out, nil
+}
+
+// withOwnDigest marks an image whose reference names its digest: pulled by that digest.
+func withOwnDigest(img Image) Image {
+	if img.Ref.Digest != "" {
+		img.DigestSource, img.ByDigest = img.Source, true
+	}
+	return img
 }
 
 // Names returns the canonical references of set, sorted; handy for messages and tests.
