@@ -63,6 +63,11 @@ func (s *Store) Write(ctx context.Context, r io.Reader, size int64, expected dig
 		// content.WriteBlob copies with 1 MiB buffers (few gRPC messages), verifies size and
 		// digest on commit, and takes an existing blob into the lease.
 		err := content.WriteBlob(ctx, cs, ref, r, ocispec.Descriptor{Digest: expected, Size: size})
+		if err != nil {
+			// Drop the ingest: left behind, a later import of the same blob would resume
+			// from its bad bytes and fail too.
+			_ = cs.Abort(context.WithoutCancel(ctx), ref)
+		}
 		if errdefs.IsFailedPrecondition(err) {
 			return "", fmt.Errorf("content does not match its digest or size (corrupted): %w", err)
 		}
@@ -80,15 +85,19 @@ func (s *Store) Write(ctx context.Context, r io.Reader, size int64, expected dig
 	if err := w.Truncate(0); err != nil {
 		return "", grpcCause(err)
 	}
+	abort := func() { _ = cs.Abort(context.WithoutCancel(ctx), ref) }
 	n, err := io.CopyBuffer(writerOnly{w}, r, make([]byte, 1<<20))
 	if err != nil {
+		abort()
 		return "", err
 	}
 	if n != size {
+		abort()
 		return "", fmt.Errorf("%d bytes, the archive declares %d (truncated?)", n, size)
 	}
 	got := w.Digest()
 	if err := w.Commit(ctx, size, got); err != nil && !errdefs.IsAlreadyExists(err) {
+		abort()
 		return "", grpcCause(err)
 	}
 	return got, nil

@@ -369,6 +369,44 @@ func TestImportBadInput(t *testing.T) {
 	}
 }
 
+// TestImportAfterACorruptedBlob: a rejected blob leaves nothing behind that spoils the
+// next import of the same blob (its ingest is dropped, not resumed).
+func TestImportAfterACorruptedBlob(t *testing.T) {
+	ref := "docker.io/example/again:v1"
+	idx := offlineIndex(t, 778)
+	entries, err := testenv.OCILayout(map[string]v1.ImageIndex{ref: idx}, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := slices.Clone(entries)
+	for i, e := range bad {
+		if strings.HasPrefix(e.Name, "blobs/") && len(e.Data) > 1000 {
+			data := slices.Clone(e.Data)
+			data[len(data)-10] ^= 0xff
+			bad[i].Data = data
+			break
+		}
+	}
+	badTar, err := testenv.Tar(bad, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	goodTar, err := testenv.Tar(entries, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := newNode(t)
+	for i := 0; i < 2; i++ {
+		if r := n.precache(nil, "import", writeFile(t, "bad.tar", badTar)); r.code == 0 || !strings.Contains(r.stderr, "corrupted") {
+			t.Fatalf("corrupted bundle, try %d: exit %d\n%s", i+1, r.code, r.stderr)
+		}
+	}
+	if r := n.precache(nil, "import", writeFile(t, "good.tar", goodTar)); r.code != 0 {
+		t.Fatalf("the good bundle after a corrupted one: exit %d\n%s", r.code, r.stderr)
+	}
+	n.assertRight(ref, digestString(t, idx))
+}
+
 // TestImportOtherPlatformOnly: stored, but the missing node platform is reported, exit non-zero.
 func TestImportOtherPlatformOnly(t *testing.T) {
 	ref := "docker.io/example/armonly:v1"
