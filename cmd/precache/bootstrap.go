@@ -107,7 +107,7 @@ func (a *app) bootstrap(ctx context.Context, out io.Writer, f bootstrapFlags) er
 
 	online := cache.NewEnsurer(store, cache.Options{Parallel: f.parallel, Logger: a.log})
 	path, reason := "registry", ""
-	need := needsPull(ctx, store, images)
+	need, allRight := needsPull(ctx, store, images)
 	if len(need) == 0 {
 		path = "local" // nothing needs a registry: repairs, if any, come from what containerd has
 	}
@@ -134,7 +134,10 @@ func (a *app) bootstrap(ctx context.Context, out io.Writer, f bootstrapFlags) er
 	}
 
 	var results []cache.Result
-	if path != "bundle" {
+	switch {
+	case allRight != nil:
+		results = allRight
+	case path != "bundle":
 		results, err = online.Ensure(ctx, images)
 		if err != nil && f.bundle != "" {
 			reason = "the pull failed: " + firstLine(err.Error())
@@ -234,18 +237,28 @@ func (a *app) fromBundle(ctx context.Context, out io.Writer, store *pcontainerd.
 
 // needsPull returns the images only a registry can make right (absent, another digest,
 // or content missing); the rest can be repaired from what containerd has.
-func needsPull(ctx context.Context, store cache.Store, images []manifest.Image) []manifest.Image {
+//
+// When every image is already right it also returns their results, so the no-op path
+// reads containerd once.
+func needsPull(ctx context.Context, store cache.Store, images []manifest.Image) ([]manifest.Image, []cache.Result) {
 	rows, err := cache.Status(ctx, store, images)
 	if err != nil {
-		return images
+		return images, nil
 	}
 	var out []manifest.Image
+	right := make([]cache.Result, 0, len(rows))
 	for i, r := range rows {
 		if !r.Present && r.Digest == "" || !r.DigestOK || !r.Complete {
 			out = append(out, images[i])
 		}
+		if r.OK() {
+			right = append(right, cache.Result{Image: images[i], Digest: r.Digest, Actions: []cache.Action{cache.ActionNone}})
+		}
 	}
-	return out
+	if len(right) != len(rows) {
+		right = nil
+	}
+	return out, right
 }
 
 // probeDNS checks, per registry domain, that some host a pull would contact is an IP or
