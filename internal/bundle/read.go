@@ -14,6 +14,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	_ "crypto/sha512" // sha512 blobs (blobs/sha512/…) are valid OCI content
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -35,7 +36,9 @@ type Sink interface {
 	// Has reports whether the blob d is already stored with the given size.
 	Has(ctx context.Context, d digest.Digest, size int64) (bool, error)
 	// Write stores exactly size bytes from r. If expected is set the content must hash to
-	// it (the sink rejects it otherwise); the returned digest is the content's.
+	// it; the returned digest is the content's. Content that does not match its digest or
+	// size is rejected with an error wrapping ErrInvalid; any other error is the store's
+	// (a full disk), and says nothing about the bundle.
 	Write(ctx context.Context, r io.Reader, size int64, expected digest.Digest) (digest.Digest, error)
 }
 
@@ -243,7 +246,7 @@ func (rd *reader) entry(name string, size int64, r io.Reader) error {
 func (rd *reader) storeFile(name string, size int64, r io.Reader) (digest.Digest, error) {
 	br := bufio.NewReaderSize(r, 64<<10)
 	head, _ := br.Peek(4)
-	if len(head) > 0 && head[0] == '{' && size <= maxJSON {
+	if size <= maxJSON && looksLikeJSON(br) {
 		data, err := readSmall(name, size, br)
 		if err != nil {
 			return "", err
@@ -299,13 +302,12 @@ func (rd *reader) blob(name string, d digest.Digest, size int64, r io.Reader) er
 	}
 	// Manifests, indexes and configs are small JSON: keep them to walk the tree (peek).
 	br := bufio.NewReaderSize(r, 64<<10)
-	first, _ := br.Peek(1)
-	if len(first) == 1 && first[0] == '{' && size <= maxJSON {
+	if size <= maxJSON && looksLikeJSON(br) {
 		data, err := readSmall(name, size, br)
 		if err != nil {
 			return err
 		}
-		if digest.FromBytes(data) != d {
+		if d.Algorithm().FromBytes(data) != d {
 			return invalid("%s: content does not match its digest (corrupted)", name)
 		}
 		if _, err := rd.store(name, size, d, bytes.NewReader(data)); err != nil {
@@ -382,16 +384,38 @@ func (rd *reader) store(name string, size int64, d digest.Digest, r io.Reader) (
 			return d, nil
 		}
 	}
-	got, err := rd.sink.Write(rd.ctx, io.LimitReader(r, size), size, d)
+	src := &readErr{r: io.LimitReader(r, size)}
+	got, err := rd.sink.Write(rd.ctx, src, size, d)
 	if err != nil {
 		var be *bombError
-		if errors.As(err, &be) {
+		switch {
+		case errors.As(err, &be):
 			return "", be
+		case src.err != nil || errors.Is(err, ErrInvalid):
+			// The archive could not be read, or its bytes are not what it declares.
+			return "", fmt.Errorf("%w: %s: %w", ErrInvalid, name, err)
 		}
-		return "", fmt.Errorf("%w: %s: %w", ErrInvalid, name, err)
+		// The store failed (a full disk, the daemon gone): the bundle is fine.
+		return "", fmt.Errorf("storing %s: %w", name, err)
 	}
 	rd.res.Stored++
 	return got, nil
+}
+
+// looksLikeJSON reports whether br starts with a JSON object; JSON allows whitespace
+// before it, and some writers indent or prefix a newline.
+func looksLikeJSON(br *bufio.Reader) bool {
+	head, _ := br.Peek(512)
+	for _, c := range head {
+		switch c {
+		case ' ', '\t', '\n', '\r':
+			continue
+		case '{':
+			return true
+		}
+		return false
+	}
+	return false
 }
 
 func readSmall(name string, size int64, r io.Reader) ([]byte, error) {
@@ -403,6 +427,20 @@ func readSmall(name string, size int64, r io.Reader) ([]byte, error) {
 		return nil, invalid("%s: %v (truncated?)", name, err)
 	}
 	return data, nil
+}
+
+// readErr remembers a read error, to tell a broken archive from a failing store.
+type readErr struct {
+	r   io.Reader
+	err error
+}
+
+func (r *readErr) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if err != nil && err != io.EOF {
+		r.err = err
+	}
+	return n, err
 }
 
 // blobDigest parses "blobs/<alg>/<hex>".

@@ -61,11 +61,11 @@ func (s *memSink) Write(_ context.Context, r io.Reader, size int64, expected dig
 		return "", fmt.Errorf("reading content: %w", err)
 	}
 	if n != size {
-		return "", fmt.Errorf("content is %d bytes, %d declared", n, size)
+		return "", fmt.Errorf("%w: content is %d bytes, %d declared", ErrInvalid, n, size)
 	}
 	got := alg.FromBytes(buf.Bytes())
 	if expected != "" && got != expected {
-		return "", fmt.Errorf("content digest %s does not match expected %s", got, expected)
+		return "", fmt.Errorf("%w: content digest %s does not match expected %s", ErrInvalid, got, expected)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"strings"
 	"time"
 
@@ -166,7 +165,7 @@ func (e *Ensurer) ensureOne(ctx context.Context, img manifest.Image) Result {
 			}
 			res.Actions = append(res.Actions, ActionUnpacked)
 		}
-		changed, err := e.record(ctx, img.Ref, st.record.Target, st.records)
+		changed, err := e.record(ctx, img.Ref, st.record.Target, st.Config, st.records)
 		if err != nil {
 			res.Err = err
 			return res
@@ -249,28 +248,37 @@ func (e *Ensurer) pull(ctx context.Context, img manifest.Image, existing map[str
 	if !h.Complete || !h.Unpacked {
 		return ocispec.Descriptor{}, fmt.Errorf("%w after pull: complete=%t unpacked=%t missing=%v", ErrIncomplete, h.Complete, h.Unpacked, h.Missing)
 	}
-	if _, err := e.record(ctx, img.Ref, target, existing); err != nil {
+	if _, err := e.record(ctx, img.Ref, target, h.Config, existing); err != nil {
 		return ocispec.Descriptor{}, err
 	}
 	return target, nil
 }
 
-// record creates or updates the names the CRI itself would create for ref → target,
-// with the pin labels, keeping any other labels the records have. It reports whether
-// anything changed.
-func (e *Ensurer) record(ctx context.Context, ref manifest.Ref, target ocispec.Descriptor, existing map[string]Image) (bool, error) {
+// record creates or updates the names the CRI itself would create for ref → target
+// ("repo:tag", "repo@digest" and the image ID "sha256:<config>"), with the pin labels.
+// Only precache's labels and the target are written; a pin someone else set stays theirs
+// (no LabelPinnedBy), so it is never precache's to remove. It reports whether anything changed.
+func (e *Ensurer) record(ctx context.Context, ref manifest.Ref, target ocispec.Descriptor, config digest.Digest, existing map[string]Image) (bool, error) {
 	changed := false
-	for _, name := range criNames(ref, target.Digest) {
+	for _, name := range criNames(ref, target.Digest, config) {
 		have, ok := existing[name]
-		labels := map[string]string{}
-		if ok {
-			maps.Copy(labels, have.Labels)
+		if !ok {
+			rec, err := e.store.Image(ctx, name)
+			switch {
+			case err == nil:
+				have, ok = rec, true
+			case !errors.Is(err, ErrNotFound):
+				return changed, fmt.Errorf("reading image record %s: %w", name, err)
+			}
 		}
-		maps.Copy(labels, PinLabels())
-		if ok && have.Target.Digest == target.Digest && maps.Equal(labels, have.Labels) {
+		set := PinLabels()
+		if ok && have.Labels[LabelCRIPinned] == "pinned" && have.Labels[LabelPinnedBy] != "true" {
+			delete(set, LabelPinnedBy) // pinned by someone else: keep it theirs
+		}
+		if ok && have.Target.Digest == target.Digest && hasLabels(have.Labels, set) {
 			continue
 		}
-		if err := e.store.Put(ctx, Image{Name: name, Target: target, Labels: labels}); err != nil {
+		if err := e.store.Put(ctx, Image{Name: name, Target: target, Labels: set}); err != nil {
 			return changed, fmt.Errorf("recording %s: %w", name, err)
 		}
 		changed = true
@@ -278,13 +286,27 @@ func (e *Ensurer) record(ctx context.Context, ref manifest.Ref, target ocispec.D
 	return changed, nil
 }
 
-// criNames are the names a CRI pull of ref creates: "repo:tag" (if tagged) and "repo@digest".
-func criNames(ref manifest.Ref, d digest.Digest) []string {
-	names := make([]string, 0, 2)
+func hasLabels(have, want map[string]string) bool {
+	for k, v := range want {
+		if have[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// criNames are the names a CRI pull of ref creates: "repo:tag" (if tagged), "repo@digest"
+// and, once the node platform's config is known, the image ID "sha256:<config>".
+func criNames(ref manifest.Ref, d, config digest.Digest) []string {
+	names := make([]string, 0, 3)
 	if tn := ref.TagName(); tn != "" {
 		names = append(names, tn)
 	}
-	return append(names, ref.DigestName(d))
+	names = append(names, ref.DigestName(d))
+	if config != "" {
+		names = append(names, config.String())
+	}
+	return names
 }
 
 func (e *Ensurer) retry(ctx context.Context, img manifest.Image, what string, fn func() error) error {

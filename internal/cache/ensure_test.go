@@ -551,7 +551,7 @@ func TestEnsureRepairs(t *testing.T) {
 		{
 			name: "pin labels stripped from the tag record",
 			damage: func(t *testing.T, f *cachetest.Fake, desc ocispec.Descriptor) {
-				if err := f.Put(t.Context(), cache.Image{Name: ref, Target: desc}); err != nil {
+				if err := f.Unlabel(t.Context(), ref, cache.LabelCRIPinned, cache.LabelManaged, cache.LabelPinnedBy); err != nil {
 					t.Fatal(err)
 				}
 			},
@@ -561,9 +561,7 @@ func TestEnsureRepairs(t *testing.T) {
 			name: "pin label stripped from the digest record",
 			damage: func(t *testing.T, f *cachetest.Fake, desc ocispec.Descriptor) {
 				name := "docker.io/calico/node@" + desc.Digest.String()
-				labels := cache.PinLabels()
-				delete(labels, cache.LabelCRIPinned)
-				if err := f.Put(t.Context(), cache.Image{Name: name, Target: desc, Labels: labels}); err != nil {
+				if err := f.Unlabel(t.Context(), name, cache.LabelCRIPinned, cache.LabelPinnedBy); err != nil {
 					t.Fatal(err)
 				}
 			},
@@ -637,6 +635,9 @@ func TestEnsurePreservesOtherLabels(t *testing.T) {
 			e := newEnsurer(f)
 			ensureOK(t, e, image(ref))
 			// Someone else's labels, and no pin: the next run must pin and keep the rest.
+			if err := f.Unlabel(t.Context(), ref, cache.LabelCRIPinned, cache.LabelManaged, cache.LabelPinnedBy); err != nil {
+				t.Fatal(err)
+			}
 			if err := f.Put(t.Context(), cache.Image{Name: ref, Target: desc, Labels: maps.Clone(extra)}); err != nil {
 				t.Fatal(err)
 			}

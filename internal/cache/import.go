@@ -97,9 +97,8 @@ func (e *Ensurer) Import(ctx context.Context, store BlobStore, r io.Reader, opts
 		health Health
 	}
 	var (
-		todo      []work
-		errs      []error
-		platforms []error
+		todo []work
+		errs []error
 	)
 	for _, img := range res.Images {
 		if img.Name == "" {
@@ -125,7 +124,14 @@ func (e *Ensurer) Import(ctx context.Context, store BlobStore, r io.Reader, opts
 			continue
 		}
 		if !h.Complete {
-			platforms = append(platforms, fmt.Errorf("%s: %w (missing %v); it was stored, not unpacked: bring a bundle made with --platform including this node's", img.Name, ErrPlatformMissing, h.Missing))
+			// Never record an image the kubelet could not start: it would see it present,
+			// never pull it, and the container would fail.
+			why := h.Problem
+			if why == "" {
+				why = fmt.Sprintf("missing %v", h.Missing)
+			}
+			errs = append(errs, fmt.Errorf("%s: %w (%s): bring a bundle made with --platform including this node's", img.Name, ErrPlatformMissing, why))
+			continue
 		}
 		todo = append(todo, work{img: img, health: h})
 	}
@@ -142,7 +148,7 @@ func (e *Ensurer) Import(ctx context.Context, store BlobStore, r io.Reader, opts
 		if early[w.img.Target.Digest] {
 			todo[i].health.Unpacked = true
 		}
-		if !w.health.Complete || todo[i].health.Unpacked || unpacked[w.img.Target.Digest] {
+		if todo[i].health.Unpacked || unpacked[w.img.Target.Digest] {
 			continue
 		}
 		unpacked[w.img.Target.Digest] = true // several names may share a target
@@ -167,14 +173,12 @@ func (e *Ensurer) Import(ctx context.Context, store BlobStore, r io.Reader, opts
 		if st.err != nil {
 			return out, st.err
 		}
-		changed, err := e.record(ctx, ref, w.img.Target, st.records)
+		changed, err := e.record(ctx, ref, w.img.Target, w.health.Config, st.records)
 		if err != nil {
 			return out, err
 		}
 		r := Result{Image: bundleImage(w.img, "bundle"), Digest: w.img.Target.Digest}
 		switch {
-		case !w.health.Complete:
-			r.Err = ErrPlatformMissing
 		case changed || (st.record != nil && st.record.Target.Digest != w.img.Target.Digest):
 			r.Actions = []Action{ActionImported}
 		default:
@@ -183,9 +187,6 @@ func (e *Ensurer) Import(ctx context.Context, store BlobStore, r io.Reader, opts
 		out.Results = append(out.Results, r)
 	}
 	out.Duration = time.Since(start)
-	if len(platforms) > 0 {
-		return out, &SetError{Failed: len(platforms), Total: len(res.Images), Errs: platforms}
-	}
 	return out, nil
 }
 

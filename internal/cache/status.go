@@ -18,7 +18,7 @@ type Row struct {
 	// Digest is what the store's record points at; Expected what it must be, if known.
 	Digest   digest.Digest `json:"digest,omitempty"`
 	Expected digest.Digest `json:"expected,omitempty"`
-	// Present: both CRI names (repo:tag and repo@digest) exist.
+	// Present: every CRI name (repo:tag, repo@digest, the image ID sha256:<config>) exists.
 	Present bool `json:"present"`
 	// DigestOK: no digest is expected, or the record's digest is the expected one.
 	DigestOK bool `json:"digestOK"`
@@ -56,6 +56,8 @@ type state struct {
 	record *Image
 	// records are the existing records by name.
 	records map[string]Image
+	// Config is the node platform's config digest (the image ID), when known.
+	Config digest.Digest
 	// err is a store failure (not "absent"): the image's state is unknown.
 	err error
 }
@@ -89,7 +91,14 @@ func inspect(ctx context.Context, store Store, img manifest.Image) state {
 	if !st.DigestOK {
 		problems = append(problems, fmt.Sprintf("has digest %s, expected %s", rec.Target.Digest, img.Ref.Digest))
 	}
-	names := criNames(img.Ref, rec.Target.Digest)
+	// Content first: the node platform's config digest is the CRI's image ID, a name of its own.
+	h, err := store.Check(ctx, rec.Target)
+	if err != nil {
+		st.err = fmt.Errorf("checking %s: %w", rec.Target.Digest, err)
+		return st
+	}
+	st.Complete, st.Unpacked, st.Config = h.Complete, h.Unpacked, h.Config
+	names := criNames(img.Ref, rec.Target.Digest, h.Config)
 	st.Present, st.Pinned = true, true
 	for _, name := range names {
 		r := rec
@@ -113,15 +122,13 @@ func inspect(ctx context.Context, store Store, img manifest.Image) state {
 			st.Pinned = false
 		}
 	}
-
-	h, err := store.Check(ctx, rec.Target)
-	if err != nil {
-		st.err = fmt.Errorf("checking %s: %w", rec.Target.Digest, err)
-		return st
-	}
-	st.Complete, st.Unpacked = h.Complete, h.Unpacked
 	if !h.Complete {
-		problems = append(problems, fmt.Sprintf("%d blobs missing", len(h.Missing)))
+		switch {
+		case h.Problem != "":
+			problems = append(problems, h.Problem)
+		default:
+			problems = append(problems, fmt.Sprintf("%d blobs missing", len(h.Missing)))
+		}
 	}
 	if !h.Unpacked {
 		problems = append(problems, "not unpacked")

@@ -97,7 +97,7 @@ func TestStatus(t *testing.T) {
 			name: "unpinned",
 			setup: func(t *testing.T, f *cachetest.Fake, desc ocispec.Descriptor) manifest.Image {
 				ensureOK(t, newEnsurer(f), image(ref))
-				if err := f.Put(t.Context(), cache.Image{Name: ref, Target: desc}); err != nil {
+				if err := f.Unlabel(t.Context(), ref, cache.LabelCRIPinned, cache.LabelManaged, cache.LabelPinnedBy); err != nil {
 					t.Fatal(err)
 				}
 				return image(ref)
@@ -111,9 +111,7 @@ func TestStatus(t *testing.T) {
 			name: "pinned by the CRI but not managed by precache",
 			setup: func(t *testing.T, f *cachetest.Fake, desc ocispec.Descriptor) manifest.Image {
 				ensureOK(t, newEnsurer(f), image(ref))
-				labels := cache.PinLabels()
-				delete(labels, cache.LabelManaged)
-				if err := f.Put(t.Context(), cache.Image{Name: "docker.io/calico/node@" + desc.Digest.String(), Target: desc, Labels: labels}); err != nil {
+				if err := f.Unlabel(t.Context(), "docker.io/calico/node@"+desc.Digest.String(), cache.LabelManaged, cache.LabelPinnedBy); err != nil {
 					t.Fatal(err)
 				}
 				return image(ref)

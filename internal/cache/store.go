@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 
+	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
@@ -25,6 +26,9 @@ var (
 	ErrDigestMismatch = errors.New("digest mismatch")
 	// ErrIncomplete: content or unpacked snapshots are missing after a pull.
 	ErrIncomplete = errors.New("incomplete")
+	// ErrNoSpace: the filesystem under containerd's root is full. Nothing is wrong with
+	// the image or the bundle.
+	ErrNoSpace = errors.New("containerd's root filesystem is full")
 )
 
 // Labels precache sets on every image record it creates. The first two are the CRI's own:
@@ -33,16 +37,21 @@ var (
 const (
 	LabelCRIManaged = "io.cri-containerd.image"
 	LabelCRIPinned  = "io.cri-containerd.pinned"
-	// LabelManaged tells a later run which pins are precache's to move or drop.
+	// LabelManaged marks a record precache keeps: the agent drops the mark (and its pin,
+	// see LabelPinnedBy) once the image is no longer wanted.
 	LabelManaged = "io.precache.managed"
+	// LabelPinnedBy records that precache set the record's pin. A pin someone else set
+	// (the CRI pins its sandbox image itself) is never precache's to remove.
+	LabelPinnedBy = "io.precache.pinned"
 )
 
-// PinLabels are the labels of a pinned, precache-managed image record.
+// PinLabels are the labels of a pinned, precache-managed image record whose pin precache set.
 func PinLabels() map[string]string {
 	return map[string]string{
 		LabelCRIManaged: "managed",
 		LabelCRIPinned:  "pinned",
 		LabelManaged:    "true",
+		LabelPinnedBy:   "true",
 	}
 }
 
@@ -59,8 +68,15 @@ type Health struct {
 	Complete bool
 	// Missing lists the digests of the absent blobs when not Complete.
 	Missing []string
-	// Unpacked: the node platform's layers are unpacked in the snapshotter.
+	// Problem says why not Complete in words, when the blobs alone do not tell (an index
+	// without the node platform, a manifest for another platform).
+	Problem string
+	// Unpacked: the node platform's layers are unpacked in the snapshotter, and the
+	// snapshot is referenced from the config, so it lives as long as the image.
 	Unpacked bool
+	// Config is the node platform's config digest: the image ID the CRI reports and
+	// records as a name of its own. Set when the manifest was found.
+	Config digest.Digest
 }
 
 // Resolver asks a registry which descriptor a reference names.
@@ -81,8 +97,12 @@ type Store interface {
 	Fetch(ctx context.Context, ref string, target ocispec.Descriptor) error
 	// Unpack unpacks target's node-platform layers, already stored, into the snapshotter.
 	Unpack(ctx context.Context, target ocispec.Descriptor) error
-	// Put creates the image record, or updates its target and labels.
+	// Put creates the image record, or sets the target and img's labels on the existing
+	// one, leaving its other labels as they are: the CRI, the agent and a bootstrap may
+	// write the same record at the same time, so a record read earlier is never written back.
 	Put(ctx context.Context, img Image) error
+	// Unlabel removes labels from the record called name, leaving the rest.
+	Unlabel(ctx context.Context, name string, keys ...string) error
 	// WithLease returns a context under which fetched content survives garbage collection
 	// until done is called, by which time image records must reference it.
 	WithLease(ctx context.Context) (_ context.Context, done func(context.Context) error, _ error)

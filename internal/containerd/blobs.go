@@ -23,9 +23,13 @@ var _ bundle.Sink = (*Store)(nil)
 // Has reports whether the content store holds d at size, and if so adds it to the lease
 // in ctx: content nothing references (left by an earlier, failed import) would otherwise
 // be garbage-collected between this check and the image record that will reference it.
+// The lease is taken by opening a writer with the expected descriptor: containerd adds
+// existing content to the lease in the same transaction that finds it, so there is no
+// window between "it is there" and "it is held".
 func (s *Store) Has(ctx context.Context, d digest.Digest, size int64) (bool, error) {
 	ctx = s.ctx(ctx)
-	info, err := s.client.ContentStore().Info(ctx, d)
+	cs := s.client.ContentStore()
+	info, err := cs.Info(ctx, d)
 	if errdefs.IsNotFound(err) {
 		return false, nil
 	}
@@ -35,16 +39,32 @@ func (s *Store) Has(ctx context.Context, d digest.Digest, size int64) (bool, err
 	if info.Size != size {
 		return false, nil
 	}
-	if id, ok := leases.FromContext(ctx); ok {
-		err := s.client.LeasesService().AddResource(ctx, leases.Lease{ID: id}, leases.Resource{ID: d.String(), Type: "content"})
-		if errdefs.IsNotFound(err) {
-			return false, nil // collected meanwhile: write it again
-		}
-		if err != nil {
-			return false, grpcCause(err)
-		}
+	if _, ok := leases.FromContext(ctx); !ok {
+		return true, nil
 	}
-	return true, nil
+	ref := "precache-has-" + d.String()
+	w, err := cs.Writer(ctx, content.WithRef(ref), content.WithDescriptor(ocispec.Descriptor{Digest: d, Size: size}))
+	if errdefs.IsAlreadyExists(err) {
+		return true, nil // present, and now held by the lease
+	}
+	if err != nil {
+		return false, grpcCause(err)
+	}
+	// Collected since Info: an ingest was opened instead. Drop it; the caller writes the blob.
+	_ = w.Close()
+	abort(ctx, cs, ref)
+	return false, nil
+}
+
+// abort drops an ingest, bounded: it runs on error paths, often with a cancelled context.
+func abort(ctx context.Context, cs content.Ingester, ref string) {
+	m, ok := cs.(content.IngestManager)
+	if !ok {
+		return
+	}
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	_ = m.Abort(actx, ref)
 }
 
 var writeSeq atomic.Int64
@@ -66,13 +86,13 @@ func (s *Store) Write(ctx context.Context, r io.Reader, size int64, expected dig
 		if err != nil {
 			// Drop the ingest: left behind, a later import of the same blob would resume
 			// from its bad bytes and fail too.
-			_ = cs.Abort(context.WithoutCancel(ctx), ref)
+			abort(ctx, cs, ref)
 		}
 		if errdefs.IsFailedPrecondition(err) {
-			return "", fmt.Errorf("content does not match its digest or size (corrupted): %w", err)
+			return "", fmt.Errorf("%w: content does not match its digest or size (corrupted): %w", bundle.ErrInvalid, err)
 		}
 		if err != nil {
-			return "", grpcCause(err)
+			return "", classifyStore(err)
 		}
 		return expected, nil
 	}
@@ -85,20 +105,19 @@ func (s *Store) Write(ctx context.Context, r io.Reader, size int64, expected dig
 	if err := w.Truncate(0); err != nil {
 		return "", grpcCause(err)
 	}
-	abort := func() { _ = cs.Abort(context.WithoutCancel(ctx), ref) }
 	n, err := io.CopyBuffer(writerOnly{w}, r, make([]byte, 1<<20))
 	if err != nil {
-		abort()
-		return "", err
+		abort(ctx, cs, ref)
+		return "", classifyStore(err)
 	}
 	if n != size {
-		abort()
-		return "", fmt.Errorf("%d bytes, the archive declares %d (truncated?)", n, size)
+		abort(ctx, cs, ref)
+		return "", fmt.Errorf("%w: %d bytes, the archive declares %d (truncated?)", bundle.ErrInvalid, n, size)
 	}
 	got := w.Digest()
 	if err := w.Commit(ctx, size, got); err != nil && !errdefs.IsAlreadyExists(err) {
-		abort()
-		return "", grpcCause(err)
+		abort(ctx, cs, ref)
+		return "", classifyStore(err)
 	}
 	return got, nil
 }

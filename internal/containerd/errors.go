@@ -23,6 +23,9 @@ func classify(err error) error {
 	if err == nil {
 		return nil
 	}
+	if isNoSpace(err) {
+		return fmt.Errorf("%w: %w", cache.ErrNoSpace, grpcCause(err))
+	}
 	var dnsErr *net.DNSError
 	var status remoteerrors.ErrUnexpectedStatus
 	switch {
@@ -75,4 +78,20 @@ func grpcCause(err error) error {
 		msg = strings.TrimRight(msg[i:], `"`)
 	}
 	return fmt.Errorf("%w: %s", errdefs.ErrUnavailable, msg)
+}
+
+// classifyStore maps an error of containerd's stores (content, snapshots, images).
+func classifyStore(err error) error {
+	if err == nil {
+		return nil
+	}
+	if isNoSpace(err) {
+		return fmt.Errorf("%w: %w", cache.ErrNoSpace, grpcCause(err))
+	}
+	return grpcCause(err)
+}
+
+// isNoSpace: the daemon's disk is full. It crosses gRPC as text only.
+func isNoSpace(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || strings.Contains(err.Error(), syscall.ENOSPC.Error())
 }

@@ -6,11 +6,12 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/containerd/v2/core/remotes/docker/config"
+	dockerconfig "github.com/docker/cli/cli/config"
+	"github.com/docker/cli/cli/config/configfile"
 	"github.com/google/go-containerregistry/pkg/authn"
 )
 
@@ -69,15 +70,20 @@ func RegistryHosts(ctx context.Context, hostsDir, domain string) ([]string, erro
 // credential-less pulls expect: a docker config.json (auths, credHelpers, credsStore).
 // path names a config.json; empty means $DOCKER_CONFIG or ~/.docker.
 func dockerCredentials(path string) (func(host string) (string, string, error), error) {
-	keychain := authn.DefaultKeychain
+	var keychain authn.Keychain = authn.DefaultKeychain
 	if path != "" {
-		if _, err := os.Stat(path); err != nil {
+		// An explicit file is read here, not through $DOCKER_CONFIG: the environment is the
+		// process's, and a library must not change it.
+		f, err := os.Open(path)
+		if err != nil {
 			return nil, fmt.Errorf("registry credentials: %w", err)
 		}
-		// go-containerregistry's default keychain reads $DOCKER_CONFIG/config.json.
-		if err := os.Setenv("DOCKER_CONFIG", filepath.Dir(path)); err != nil {
-			return nil, err
+		cf, err := dockerconfig.LoadFromReader(f)
+		_ = f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("registry credentials %s: %w", path, err)
 		}
+		keychain = fileKeychain{cf}
 	}
 	return func(host string) (string, string, error) {
 		// containerd asks with the host it talks to; docker config.json keys Docker Hub
@@ -98,6 +104,27 @@ func dockerCredentials(path string) (func(host string) (string, string, error), 
 		}
 		return cfg.Username, cfg.Password, nil
 	}, nil
+}
+
+// fileKeychain answers from one docker config file (auths, credHelpers, credsStore).
+type fileKeychain struct{ cf *configfile.ConfigFile }
+
+func (k fileKeychain) Resolve(r authn.Resource) (authn.Authenticator, error) {
+	key := r.RegistryStr()
+	if key == "index.docker.io" {
+		key = authn.DefaultAuthKey
+	}
+	cfg, err := k.cf.GetAuthConfig(key)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Username == "" && cfg.Password == "" && cfg.Auth == "" && cfg.IdentityToken == "" && cfg.RegistryToken == "" {
+		return authn.Anonymous, nil
+	}
+	return authn.FromConfig(authn.AuthConfig{
+		Username: cfg.Username, Password: cfg.Password, Auth: cfg.Auth,
+		IdentityToken: cfg.IdentityToken, RegistryToken: cfg.RegistryToken,
+	}), nil
 }
 
 // registry is the authn.Resource for a host.

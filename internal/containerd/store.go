@@ -8,14 +8,17 @@ package containerd
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/core/remotes"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
@@ -25,6 +28,7 @@ import (
 	"github.com/containerd/containerd/v2/plugins"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/platforms"
+	"github.com/opencontainers/image-spec/identity"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/semaphore"
 
@@ -62,6 +66,7 @@ type Store struct {
 	namespace   string
 	snapshotter string
 	platform    platforms.MatchComparer
+	spec        ocispec.Platform
 	resolver    remotes.Resolver
 }
 
@@ -104,15 +109,19 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, &UnreachableError{Address: address, Err: grpcCause(err)}
 	}
 
-	platform := platforms.Default()
+	// platforms.Only(linux/amd64) also matches linux/386 (and arm64 matches arm/v8…v5):
+	// it orders, it does not choose. Fetch and Check take the single best match, as the
+	// CRI does.
+	spec := platforms.DefaultSpec()
 	if cfg.Platform != "" {
 		p, err := platforms.Parse(cfg.Platform)
 		if err != nil {
 			client.Close()
 			return nil, fmt.Errorf("invalid --platform %q: %w", cfg.Platform, err)
 		}
-		platform = platforms.Only(p)
+		spec = p
 	}
+	platform := platforms.Only(spec)
 	if err := checkSnapshotter(vctx, client, cfg.Snapshotter); err != nil {
 		client.Close()
 		return nil, fmt.Errorf("containerd at %s: %w; set --snapshotter to the CRI's (snapshotter in containerd's config)", address, err)
@@ -129,6 +138,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		namespace:   cfg.Namespace,
 		snapshotter: cfg.Snapshotter,
 		platform:    platform,
+		spec:        platforms.Normalize(spec),
 		resolver:    resolver,
 	}, nil
 }
@@ -192,31 +202,150 @@ func (s *Store) Image(ctx context.Context, name string) (cache.Image, error) {
 	return cache.Image{Name: img.Name, Target: img.Target, Labels: img.Labels}, nil
 }
 
-// Check is `ctr images check` for the node platform plus the unpack state.
+// Check is `ctr images check` for the node platform plus the unpack state: the single
+// best-matching manifest (a single-platform manifest must be the node's platform), its
+// config and layers stored, and the snapshot the config references for the snapshotter.
 func (s *Store) Check(ctx context.Context, target ocispec.Descriptor) (cache.Health, error) {
 	ctx = s.ctx(ctx)
-	available, _, _, missing, err := images.Check(ctx, s.client.ContentStore(), target, s.platform)
-	if err != nil {
-		return cache.Health{}, grpcCause(err)
-	}
+	cs := s.client.ContentStore()
 	var h cache.Health
-	for _, m := range missing {
-		h.Missing = append(h.Missing, m.Digest.String())
-	}
-	if !available && len(missing) == 0 {
-		// The index or the platform's manifest itself is absent.
+	m, problem, err := s.nodeManifest(ctx, target)
+	switch {
+	case errdefs.IsNotFound(err):
 		h.Missing = append(h.Missing, target.Digest.String())
+		return h, nil
+	case err != nil:
+		return h, err
+	case problem != "":
+		h.Problem = problem
+		return h, nil
 	}
-	h.Complete = available && len(missing) == 0
+	if m.Digest != target.Digest {
+		if _, err := cs.Info(ctx, m.Digest); errdefs.IsNotFound(err) {
+			h.Missing = append(h.Missing, m.Digest.String())
+			return h, nil
+		} else if err != nil {
+			return h, grpcCause(err)
+		}
+	}
+	var mf ocispec.Manifest
+	if err := readJSON(ctx, cs, m, &mf); err != nil {
+		return h, err
+	}
+	h.Config = mf.Config.Digest
+	for _, d := range append([]ocispec.Descriptor{mf.Config}, mf.Layers...) {
+		if _, err := cs.Info(ctx, d.Digest); errdefs.IsNotFound(err) {
+			h.Missing = append(h.Missing, d.Digest.String())
+		} else if err != nil {
+			return h, grpcCause(err)
+		}
+	}
+	h.Complete = len(h.Missing) == 0
 	if !h.Complete {
 		return h, nil
 	}
-	unpacked, err := s.image(target).IsUnpacked(ctx, s.snapshotter)
+	h.Unpacked, err = s.unpacked(ctx, mf.Config)
 	if err != nil {
-		return h, fmt.Errorf("checking unpack state in %s: %w", s.snapshotter, grpcCause(err))
+		return h, fmt.Errorf("checking unpack state in %s: %w", s.snapshotter, err)
 	}
-	h.Unpacked = unpacked
 	return h, nil
+}
+
+// unpacked follows the config's containerd.io/gc.ref.snapshot.<snapshotter> label to the
+// snapshot: it must name the chain of the config's diff IDs and exist. A snapshot that
+// exists without the label lives only as long as something else holds it (a lease,
+// another image), so it does not count.
+func (s *Store) unpacked(ctx context.Context, config ocispec.Descriptor) (bool, error) {
+	cs := s.client.ContentStore()
+	info, err := cs.Info(ctx, config.Digest)
+	if err != nil {
+		return false, grpcCause(err)
+	}
+	key := info.Labels["containerd.io/gc.ref.snapshot."+s.snapshotter]
+	if key == "" {
+		return false, nil
+	}
+	var img ocispec.Image
+	if err := readJSON(ctx, cs, config, &img); err != nil {
+		return false, err
+	}
+	if chain := identity.ChainID(img.RootFS.DiffIDs).String(); key != chain {
+		return false, nil
+	}
+	if _, err := s.client.SnapshotService(s.snapshotter).Stat(ctx, key); errdefs.IsNotFound(err) {
+		return false, nil
+	} else if err != nil {
+		return false, grpcCause(err)
+	}
+	return true, nil
+}
+
+// nodeManifest picks target's manifest for the node platform: the single best match of an
+// index (recursively), or target itself when it is a manifest of the node's platform.
+// problem says, in words, why there is none; err wraps NotFound when target is absent.
+func (s *Store) nodeManifest(ctx context.Context, target ocispec.Descriptor) (ocispec.Descriptor, string, error) {
+	cs := s.client.ContentStore()
+	switch {
+	case images.IsManifestType(target.MediaType):
+		var cfg struct {
+			Config ocispec.Descriptor `json:"config"`
+		}
+		if err := readJSON(ctx, cs, target, &cfg); err != nil {
+			return target, "", err
+		}
+		var img ocispec.Image
+		if err := readJSON(ctx, cs, cfg.Config, &img); errdefs.IsNotFound(err) {
+			return target, "", nil // reported as a missing blob by the caller
+		} else if err != nil {
+			return target, "", err
+		}
+		if p := platforms.Normalize(img.Platform); !platforms.OnlyStrict(s.spec).Match(p) {
+			return target, fmt.Sprintf("the image is for %s, not the node's %s", platforms.Format(p), platforms.Format(s.spec)), nil
+		}
+		return target, "", nil
+	case images.IsIndexType(target.MediaType):
+		var idx ocispec.Index
+		if err := readJSON(ctx, cs, target, &idx); err != nil {
+			return target, "", err
+		}
+		var best *ocispec.Descriptor
+		var have []string
+		for i, m := range idx.Manifests {
+			if m.Platform == nil {
+				continue
+			}
+			have = append(have, platforms.Format(*m.Platform))
+			if !s.platform.Match(*m.Platform) {
+				continue
+			}
+			if best == nil || s.platform.Less(*m.Platform, *best.Platform) {
+				best = &idx.Manifests[i]
+			}
+		}
+		if best == nil {
+			return target, fmt.Sprintf("the index has no manifest for the node's %s (it has %s)", platforms.Format(s.spec), strings.Join(have, ", ")), nil
+		}
+		if images.IsIndexType(best.MediaType) {
+			return s.nodeManifest(ctx, *best)
+		}
+		return *best, "", nil
+	}
+	return target, fmt.Sprintf("%s is not an image (media type %s)", target.Digest, target.MediaType), nil
+}
+
+// readJSON decodes a small blob (index, manifest, config).
+func readJSON(ctx context.Context, cs content.Provider, desc ocispec.Descriptor, v any) error {
+	b, err := content.ReadBlob(ctx, cs, desc)
+	if err != nil {
+		if errdefs.IsNotFound(err) {
+			return err
+		}
+		return grpcCause(err)
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("%s: %w", desc.Digest, err)
+	}
+	return nil
 }
 
 func (s *Store) image(target ocispec.Descriptor) containerd.Image {
@@ -226,29 +355,55 @@ func (s *Store) image(target ocispec.Descriptor) containerd.Image {
 // Unpack unpacks the node platform's layers of target into the snapshotter.
 func (s *Store) Unpack(ctx context.Context, target ocispec.Descriptor) error {
 	if err := s.image(target).Unpack(s.ctx(ctx), s.snapshotter); err != nil {
-		return grpcCause(err)
+		return classifyStore(err)
 	}
 	return nil
 }
 
-// Put creates the image record, or replaces the target and labels of an existing one.
+// Put creates the image record, or sets the target and img's labels on the existing one
+// through field paths ("target", "labels.<key>"), so labels others set meanwhile (the CRI
+// adopting the image, another precache) are neither lost nor written back stale.
 func (s *Store) Put(ctx context.Context, img cache.Image) error {
 	ctx = s.ctx(ctx)
 	is := s.client.ImageService()
 	rec := images.Image{Name: img.Name, Target: img.Target, Labels: img.Labels}
+	paths := []string{"target"}
+	for k := range img.Labels {
+		paths = append(paths, "labels."+k)
+	}
 	for {
 		if _, err := is.Create(ctx, rec); err == nil {
 			return nil
 		} else if !errdefs.IsAlreadyExists(err) {
-			return grpcCause(err)
+			return classifyStore(err)
 		}
-		if _, err := is.Update(ctx, rec); err == nil {
+		if _, err := is.Update(ctx, rec, paths...); err == nil {
 			return nil
 		} else if !errdefs.IsNotFound(err) {
-			return grpcCause(err)
+			return classifyStore(err)
 		}
 		// Deleted between Create and Update: create again.
 	}
+}
+
+// Unlabel removes labels from the record called name (an Update with only those label
+// paths, the labels absent: containerd deletes them).
+func (s *Store) Unlabel(ctx context.Context, name string, keys ...string) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	paths := make([]string, 0, len(keys))
+	for _, k := range keys {
+		paths = append(paths, "labels."+k)
+	}
+	_, err := s.client.ImageService().Update(s.ctx(ctx), images.Image{Name: name}, paths...)
+	if errdefs.IsNotFound(err) {
+		return fmt.Errorf("image %s: %w", name, cache.ErrNotFound)
+	}
+	if err != nil {
+		return classifyStore(err)
+	}
+	return nil
 }
 
 // WithLease holds fetched content until done; the lease expires by itself after a day
@@ -298,7 +453,9 @@ func (s *Store) Fetch(ctx context.Context, ref string, target ocispec.Descriptor
 
 	children := images.ChildrenHandler(store)
 	children = images.SetChildrenMappedLabels(store, children, nil)
-	children = remotes.FilterManifestByPlatformHandler(children, s.platform)
+	// Every platform's manifest (small) keeps the index exportable whole; only the single
+	// best match's config and layers are fetched and unpacked, as the CRI pulls.
+	children = s.bestManifestLayers(children)
 	distSrc, err := docker.AppendDistributionSourceLabel(store, name)
 	if err != nil {
 		return err
@@ -324,6 +481,47 @@ func (s *Store) Fetch(ctx context.Context, ref string, target ocispec.Descriptor
 		}
 	}
 	return nil
+}
+
+// bestManifestLayers passes on every child of an index (so every platform's manifest and
+// config are stored) but the layers of only one manifest: the best match for the node
+// platform, as images.LimitManifests(…, 1) chooses it. containerd's
+// FilterManifestByPlatformHandler would pass the layers of every matching manifest —
+// linux/386 as well as linux/amd64 on an amd64 node.
+func (s *Store) bestManifestLayers(f images.HandlerFunc) images.HandlerFunc {
+	var chosen sync.Map // manifest digest → true
+	return func(ctx context.Context, desc ocispec.Descriptor) ([]ocispec.Descriptor, error) {
+		children, err := f(ctx, desc)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case images.IsIndexType(desc.MediaType):
+			var matching []ocispec.Descriptor
+			for _, c := range children {
+				if c.Platform != nil && s.platform.Match(*c.Platform) {
+					matching = append(matching, c)
+				}
+			}
+			best, err := images.LimitManifests(func(context.Context, ocispec.Descriptor) ([]ocispec.Descriptor, error) {
+				return matching, nil
+			}, s.platform, 1)(ctx, desc)
+			if err == nil && len(best) == 1 {
+				chosen.Store(best[0].Digest, true)
+			}
+		case images.IsManifestType(desc.MediaType) && desc.Platform != nil:
+			if _, ok := chosen.Load(desc.Digest); !ok {
+				var cfg []ocispec.Descriptor
+				for _, c := range children {
+					if images.IsConfigType(c.MediaType) {
+						cfg = append(cfg, c)
+					}
+				}
+				return cfg, nil
+			}
+		}
+		return children, nil
+	}
 }
 
 // newResolver builds containerd's own registry resolver from a hosts.toml directory,
