@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/precache/precache/internal/bundle"
 	"github.com/precache/precache/internal/cache"
+	pcontainerd "github.com/precache/precache/internal/containerd"
 	"github.com/precache/precache/internal/logging"
 	"github.com/precache/precache/internal/manifest"
 )
@@ -74,7 +76,7 @@ were. Images already right are skipped.`,
 				printImport(cmd.OutOrStdout(), path, res)
 			}
 			if err != nil {
-				return bundleError(path, err)
+				return noSpace(cmd.Context(), store, size, bundleError(path, err))
 			}
 			return nil
 		},
@@ -104,6 +106,23 @@ func openBundle(path string) (io.ReadCloser, int64, error) {
 		return nil, 0, &usageError{fmt.Errorf("%s is a directory: import takes a tar (tar -C DIR -cf - . | precache import -)", path)}
 	}
 	return f, fi.Size(), nil
+}
+
+// noSpace explains a full disk under containerd's root: the bundle is fine, the node is
+// not, and the user needs to know where and how much.
+func noSpace(ctx context.Context, store *pcontainerd.Store, size int64, err error) error {
+	if !errors.Is(err, cache.ErrNoSpace) {
+		return err
+	}
+	root := "containerd's root"
+	if r, rerr := store.Root(ctx); rerr == nil && r != "" {
+		root = r
+	}
+	need := "its blobs plus room to unpack them"
+	if size > 0 {
+		need = fmt.Sprintf("%s of blobs plus room to unpack them (about 2–3× that)", mib(size))
+	}
+	return fmt.Errorf("%w\nthe filesystem holding %s is full; the bundle needs %s. Free space there and import again; nothing was recorded", err, root, need)
 }
 
 // bundleError names the file and the consequence.

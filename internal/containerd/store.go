@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -157,6 +158,21 @@ func checkSnapshotter(ctx context.Context, client *containerd.Client, name strin
 		return nil
 	}
 	return fmt.Errorf("no snapshotter %q", name)
+}
+
+// Root is containerd's root directory as the daemon reports it (its content plugin's
+// root, one level up), for messages about a full disk.
+func (s *Store) Root(ctx context.Context) (string, error) {
+	resp, err := s.client.IntrospectionService().Plugins(ctx, fmt.Sprintf("type==%s", plugins.ContentPlugin))
+	if err != nil {
+		return "", grpcCause(err)
+	}
+	for _, p := range resp.Plugins {
+		if r := p.Exports["root"]; r != "" {
+			return filepath.Dir(r), nil
+		}
+	}
+	return "", nil
 }
 
 // UseDNS makes registry names resolve through r from now on (--dns-fallback).

@@ -3,14 +3,18 @@ package integration
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/platforms"
+	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/precache/precache/internal/cache"
@@ -25,28 +29,60 @@ func TestContainerdConformance(t *testing.T) {
 	n := newNode(t)
 	store := n.store()
 	var seed uint64 = 1000
+	resolve := func(t *testing.T, ref string, pushed string) ocispec.Descriptor {
+		desc, err := store.Resolve(t.Context(), ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if desc.Digest.String() != pushed {
+			t.Fatalf("registry pushed %s, resolves %s", pushed, desc.Digest)
+		}
+		return desc
+	}
+	publish := func(t *testing.T, ref string, platforms ...string) ocispec.Descriptor {
+		r := manifest.MustParseRef(ref)
+		seed++
+		d, err := reg.Push(t.Context(), r.Path(), r.Tag, testenv.ImageSpec{Seed: seed, Platforms: platforms})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resolve(t, ref, d.String())
+	}
 	cachetest.Run(t, func(t *testing.T) cachetest.Harness {
 		return cachetest.Harness{
-			Store: store,
-			Repo:  "docker.io/conformance",
-			Publish: func(t *testing.T, ref string) ocispec.Descriptor {
+			Store:        store,
+			Repo:         "docker.io/conformance",
+			Platform:     platforms.Format(platforms.DefaultSpec()),
+			Publish:      func(t *testing.T, ref string) ocispec.Descriptor { return publish(t, ref) },
+			PublishIndex: publish,
+			PublishManifest: func(t *testing.T, ref, platform string) ocispec.Descriptor {
 				r := manifest.MustParseRef(ref)
 				seed++
-				d, err := reg.Push(t.Context(), r.Path(), r.Tag, testenv.ImageSpec{Seed: seed})
+				d, err := reg.PushManifest(t.Context(), r.Path(), r.Tag, platform, seed)
 				if err != nil {
 					t.Fatal(err)
 				}
-				desc, err := store.Resolve(t.Context(), ref)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if desc.Digest.String() != d.String() {
-					t.Fatalf("registry pushed %s, resolves %s", d, desc.Digest)
-				}
-				return desc
+				return resolve(t, ref, d.String())
 			},
+			GC:    n.gc,
+			Blobs: store,
 		}
 	})
+}
+
+// gc runs containerd's garbage collector to completion: deleting an image with
+// SynchronousDelete collects before it returns.
+func (n *node) gc(t *testing.T) {
+	t.Helper()
+	c, ctx := n.client()
+	name := fmt.Sprintf("gc.invalid/trigger:%d", time.Now().UnixNano())
+	d := digest.FromString(name)
+	if _, err := c.ImageService().Create(ctx, images.Image{Name: name, Target: ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: d, Size: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.ImageService().Delete(ctx, name, images.SynchronousDelete()); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func (n *node) store() *pcontainerd.Store {

@@ -70,6 +70,8 @@ type ContainerdOptions struct {
 	CRI bool
 	// HostsDir is the CRI's registry config_path.
 	HostsDir string
+	// RootSize, if set, puts containerd's root on a tmpfs of that many bytes: a disk that fills.
+	RootSize int64
 }
 
 // StartContainerd starts a containerd daemon in a new short temp directory (unix socket
@@ -100,6 +102,16 @@ func StartContainerd(ctx context.Context, o ContainerdOptions) (*Containerd, err
 	cfg := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(cfg, []byte(c.config(o)), 0o644); err != nil {
 		return nil, err
+	}
+	if o.RootSize > 0 {
+		root := filepath.Join(dir, "root")
+		if err := os.MkdirAll(root, 0o700); err != nil {
+			return nil, err
+		}
+		if err := syscall.Mount("tmpfs", root, "tmpfs", 0, fmt.Sprintf("size=%d", o.RootSize)); err != nil {
+			_ = os.RemoveAll(dir)
+			return nil, fmt.Errorf("mounting a %d-byte tmpfs for containerd's root: %w", o.RootSize, err)
+		}
 	}
 	c.cmd = exec.Command(bin, "--config", cfg)
 	c.cmd.Stdout, c.cmd.Stderr = c.log, c.log

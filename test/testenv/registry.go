@@ -102,6 +102,30 @@ func (r *Registry) Push(ctx context.Context, path, tag string, spec ImageSpec) (
 	return idx.Digest()
 }
 
+// PushManifest pushes a single-platform image (a manifest, no index) as path:tag.
+func (r *Registry) PushManifest(ctx context.Context, path, tag, platform string, seed uint64) (v1.Hash, error) {
+	idx, err := Index(ImageSpec{Platforms: []string{platform}, Seed: seed})
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	im, err := idx.IndexManifest()
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	img, err := idx.Image(im.Manifests[0].Digest)
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	ref, err := name.ParseReference(r.Host+"/"+path+":"+tag, name.Insecure)
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	if err := remote.Write(ref, img, remote.WithContext(ctx)); err != nil {
+		return v1.Hash{}, fmt.Errorf("pushing %s: %w", ref, err)
+	}
+	return img.Digest()
+}
+
 // Index builds the image index spec describes.
 func Index(spec ImageSpec) (v1.ImageIndex, error) {
 	if len(spec.Platforms) == 0 {

@@ -5,12 +5,14 @@ package cachetest
 import (
 	"context"
 	"fmt"
+	"io"
 	"maps"
 	"sync"
 
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/precache/precache/internal/bundle"
 	"github.com/precache/precache/internal/cache"
 	"github.com/precache/precache/internal/manifest"
 )
@@ -30,6 +32,7 @@ type Fake struct {
 	blobs    map[digest.Digest]blob
 	records  map[string]cache.Image
 	content  map[digest.Digest]bool
+	sizes    map[digest.Digest]int64 // of blobs written through the bundle.Sink
 	unpacked map[digest.Digest]bool // by node-platform manifest digest
 	gcRef    map[digest.Digest]bool // config → its snapshot is referenced (gc.ref.snapshot)
 	leases   map[int]map[digest.Digest]bool
@@ -51,7 +54,10 @@ type blob struct {
 	layers   []digest.Digest
 }
 
-var _ cache.Store = (*Fake)(nil)
+var (
+	_ cache.Store = (*Fake)(nil)
+	_ bundle.Sink = (*Fake)(nil)
+)
 
 // NewFake returns an empty store for linux/amd64 with an empty registry.
 func NewFake() *Fake {
@@ -61,6 +67,7 @@ func NewFake() *Fake {
 		blobs:    map[digest.Digest]blob{},
 		records:  map[string]cache.Image{},
 		content:  map[digest.Digest]bool{},
+		sizes:    map[digest.Digest]int64{},
 		unpacked: map[digest.Digest]bool{},
 		gcRef:    map[digest.Digest]bool{},
 		leases:   map[int]map[digest.Digest]bool{},
@@ -397,6 +404,42 @@ func (f *Fake) Unlabel(_ context.Context, name string, keys ...string) error {
 		delete(rec.Labels, k)
 	}
 	return nil
+}
+
+// Has reports whether d is stored at size, and holds it in ctx's lease.
+func (f *Fake) Has(ctx context.Context, d digest.Digest, size int64) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.content[d] || (f.sizes[d] != 0 && f.sizes[d] != size) {
+		return false, nil
+	}
+	if lease, ok := f.lease(ctx); ok {
+		lease[d] = true
+	}
+	return true, nil
+}
+
+// Write stores size bytes from r, verified against expected, under ctx's lease.
+func (f *Fake) Write(ctx context.Context, r io.Reader, size int64, expected digest.Digest) (digest.Digest, error) {
+	data, err := io.ReadAll(io.LimitReader(r, size+1))
+	if err != nil {
+		return "", err
+	}
+	alg := digest.Canonical
+	if expected != "" {
+		alg = expected.Algorithm()
+	}
+	got := alg.FromBytes(data)
+	if int64(len(data)) != size || (expected != "" && got != expected) {
+		return "", fmt.Errorf("%w: %d bytes with digest %s, declared %d bytes %s (corrupted)", bundle.ErrInvalid, len(data), got, size, expected)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.content[got], f.sizes[got] = true, size
+	if lease, ok := f.lease(ctx); ok {
+		lease[got] = true
+	}
+	return got, nil
 }
 
 type leaseKey struct{}

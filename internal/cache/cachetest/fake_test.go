@@ -11,9 +11,16 @@ func TestFakeConformance(t *testing.T) {
 	Run(t, func(t *testing.T) Harness {
 		f := NewFake()
 		return Harness{
-			Store:   f,
-			Repo:    "docker.io/conformance",
-			Publish: func(_ *testing.T, ref string) ocispec.Descriptor { return f.Publish(ref) },
+			Store:    f,
+			Repo:     "docker.io/conformance",
+			Platform: "linux/amd64",
+			Publish:  func(_ *testing.T, ref string) ocispec.Descriptor { return f.Publish(ref) },
+			PublishIndex: func(_ *testing.T, ref string, platforms ...string) ocispec.Descriptor {
+				return f.PublishIndex(ref, platforms...)
+			},
+			PublishManifest: func(_ *testing.T, ref, platform string) ocispec.Descriptor { return f.PublishManifest(ref, platform) },
+			GC:              func(*testing.T) { f.GC() },
+			Blobs:           f,
 		}
 	})
 }
