@@ -34,10 +34,14 @@ test-compat: build ## the integration suite against Debian's containerd 1.6 (pin
 	elif [[ -n "$$CI" ]]; then echo "test-compat: $(COMPAT_CONTAINERD) missing in CI" >&2; exit 1; \
 	else echo "test-compat: skipped, $(COMPAT_CONTAINERD) not installed (make tools as root installs it)"; fi
 
-lint: ## go vet + gofmt (+ golangci-lint when installed)
+GOLANGCI_LINT_VERSION ?= v2.15.0
+GOLANGCI_LINT := $(TOOLS)/golangci-lint-$(GOLANGCI_LINT_VERSION)/golangci-lint
+
+lint: ## go vet, gofmt and golangci-lint (pinned, built from the module proxy into the tools cache)
+	./hack/tools.sh lint
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; exit 1; }
-	@if command -v golangci-lint >/dev/null; then golangci-lint run; fi
+	$(GOLANGCI_LINT) run ./...
 
 bench: build ## precache vs ctr, same registry + containerd, alternating rounds; prints the Markdown for docs/benchmarks.md
 	./hack/tools.sh containerd kube bench

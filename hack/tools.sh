@@ -4,7 +4,7 @@
 #   - containerd + ctr v2.4.2, built from the Go module proxy (~2 min cold)
 #   - Debian's containerd 1.6.20 (apt), for the compatibility run, when running as root
 #
-# Usage: hack/tools.sh [containerd] [kube] [compat] [bench]   (no argument: the first three)
+# Usage: hack/tools.sh [containerd] [kube] [compat] [lint] [bench]   (no argument: the first three)
 set -euo pipefail
 
 want=" ${*:-containerd kube compat} "
@@ -44,6 +44,20 @@ else
 		k8s.io/kubernetes/cmd/kube-apiserver)
 	(cd "$here/kube-apiserver" && GOWORK=off GOFLAGS=-buildvcs=false go build -trimpath -ldflags "-s -w" -o "$kdir.tmp/etcd" go.etcd.io/etcd/server/v3)
 	rm -rf "$kdir" && mv "$kdir.tmp" "$kdir"
+fi
+
+# golangci-lint, pinned, from the module proxy (~3 minutes cold).
+GOLANGCI_LINT_VERSION=${GOLANGCI_LINT_VERSION:-v2.15.0}
+ldir="$TOOLS/golangci-lint-$GOLANGCI_LINT_VERSION"
+if [[ $want != *" lint "* ]]; then
+	:
+elif [[ -x "$ldir/golangci-lint" ]]; then
+	echo "tools: golangci-lint $GOLANGCI_LINT_VERSION cached in $ldir"
+else
+	echo "tools: building golangci-lint $GOLANGCI_LINT_VERSION into $ldir (about 3 minutes the first time)"
+	mkdir -p "$ldir.tmp"
+	GOBIN="$ldir.tmp" GOFLAGS=-buildvcs=false go install "github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$GOLANGCI_LINT_VERSION"
+	rm -rf "$ldir" && mv "$ldir.tmp" "$ldir"
 fi
 
 # apt packages: Debian's containerd (compat run), docker-registry and time (benchmark).

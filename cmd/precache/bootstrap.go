@@ -204,7 +204,9 @@ func (a *app) bootstrapSet(ctx context.Context, out io.Writer, f *bootstrapFlags
 				}
 				return images, "the lock inside " + f.bundle + ", because " + why, nil
 			}
-			err = errors.Join(err, lerr)
+			why += "; the bundle's lock cannot be read: " + firstLine(lerr.Error())
+		} else {
+			why += "; " + firstLine(berr.Error())
 		}
 	}
 	return nil, "", &usageError{fmt.Errorf("no image set: %s, and there is no fallback: pass --calico-version (or --image), keep %s from an earlier run, or pass --bundle", why, f.stateFile)}

@@ -109,7 +109,7 @@ containerd; --from-containerd exports what this node already has instead.`,
 					return err
 				}
 				tmp = out.Name()
-				defer os.Remove(tmp)
+				defer func() { _ = os.Remove(tmp) }()
 			}
 			res, err := bundle.Write(ctx, out, imgs, src, bundle.WriteOptions{Platforms: matcher, Compression: compression})
 			if err != nil {

@@ -179,7 +179,7 @@ func (rd *reader) run(tr *tar.Reader) error {
 			}
 			rd.links[name] = target
 			continue
-		case tar.TypeReg, tar.TypeRegA:
+		case tar.TypeReg, '\x00': // '\x00' is pre-POSIX tar's regular file (tar.TypeRegA)
 		default:
 			return invalid("%s: unsupported tar entry type %q", name, hdr.Typeflag)
 		}

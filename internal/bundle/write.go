@@ -67,15 +67,16 @@ func Write(ctx context.Context, w io.Writer, imgs []Image, src Source, opts Writ
 		}
 		seen[desc.Digest] = true
 		if !images.IsIndexType(desc.MediaType) && !images.IsManifestType(desc.MediaType) {
-			if images.IsConfigType(desc.MediaType) || desc.MediaType == images.MediaTypeDockerSchema2Config {
+			switch {
+			case images.IsConfigType(desc.MediaType) || desc.MediaType == images.MediaTypeDockerSchema2Config:
 				data, err := readAll(ctx, src, name, desc)
 				if err != nil {
 					return err
 				}
 				docs = append(docs, blob{name: name, desc: desc, data: data})
-			} else if wantLayers {
+			case wantLayers:
 				layers = append(layers, blob{name: name, desc: desc})
-			} else {
+			default:
 				delete(seen, desc.Digest) // another platform's manifest may want it
 			}
 			return nil

@@ -59,7 +59,8 @@ func TestGRPCCause(t *testing.T) {
 		t.Fatalf("grpcCause = %q", got)
 	}
 	other := errors.New("something else")
-	if grpcCause(other) != other {
+	if got := grpcCause(other); got != other { //nolint:errorlint // the very same error value, unwrapped
+
 		t.Fatal("grpcCause changed a non-gRPC error")
 	}
 }

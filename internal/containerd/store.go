@@ -151,13 +151,13 @@ func checkSnapshotter(ctx context.Context, client *containerd.Client, name strin
 	if err != nil {
 		return grpcCause(err)
 	}
-	for _, p := range resp.Plugins {
-		if p.InitErr != nil {
-			return fmt.Errorf("snapshotter %q did not load: %s", name, p.InitErr.Message)
-		}
-		return nil
+	if len(resp.Plugins) == 0 {
+		return fmt.Errorf("no snapshotter %q", name)
 	}
-	return fmt.Errorf("no snapshotter %q", name)
+	if p := resp.Plugins[0]; p.InitErr != nil {
+		return fmt.Errorf("snapshotter %q did not load: %s", name, p.InitErr.Message)
+	}
+	return nil
 }
 
 // Root is containerd's root directory as the daemon reports it (its content plugin's

@@ -245,7 +245,8 @@ func TestBadInvocations(t *testing.T) {
 		{"nothing to do", []string{"KUBECONFIG=/nonexistent/kubeconfig"}, []string{"bootstrap"}, 2, "no image set: the cluster could not be read"},
 		{"bad variant", nil, []string{"images", "--calico-version", dockerVersion, "--variant", "helm"}, 2, "unknown install variant \"helm\""},
 		{"bad output", nil, []string{"status", "--calico-version", dockerVersion, "-o", "yaml"}, 2, "invalid -o \"yaml\""},
-		{"unknown flag", nil, []string{"bootstrap", "--calico-versoin", dockerVersion}, 2, "unknown flag: --calico-versoin"},
+		{"unknown flag", nil, []string{"bootstrap", "--calico-versoin", dockerVersion}, 2, "unknown flag: --calico-versoin"}, //nolint:misspell // the typo is the test
+
 		{"missing lock", nil, []string{"bootstrap", "--calico-version", dockerVersion, "--lock", "/nonexistent.lock"}, 2, "reading lock file: open /nonexistent.lock"},
 		{"bad snapshotter", nil, []string{"bootstrap", "--calico-version", dockerVersion, "--snapshotter", "zfs"}, 1, "snapshotter \"zfs\""},
 		{"bad platform", nil, []string{"bootstrap", "--calico-version", dockerVersion, "--platform", "linux/???"}, 1, "invalid --platform"},

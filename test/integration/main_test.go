@@ -82,7 +82,7 @@ func setup(m *testing.M) (int, error) {
 	if os.Getenv(inNetns) != "" {
 		// A fresh network namespace has loopback down.
 		if out, err := exec.Command("ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
-			return 0, fmt.Errorf("ip link set lo up: %v: %s", err, out)
+			return 0, fmt.Errorf("ip link set lo up: %w: %s", err, out)
 		}
 	}
 	// The adapter used in-process logs through containerd's logrus; keep test output readable.
@@ -105,7 +105,7 @@ func setup(m *testing.M) (int, error) {
 		binary = filepath.Join(tmp, "precache")
 		out, err := exec.Command("go", "build", "-o", binary, "github.com/precache/precache/cmd/precache").CombinedOutput()
 		if err != nil {
-			return 0, fmt.Errorf("building precache: %v\n%s", err, out)
+			return 0, fmt.Errorf("building precache: %w\n%s", err, out)
 		}
 	}
 

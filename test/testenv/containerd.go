@@ -86,7 +86,7 @@ func StartContainerd(ctx context.Context, o ContainerdOptions) (*Containerd, err
 	}
 	out, err := exec.CommandContext(ctx, bin, "--version").CombinedOutput()
 	if err != nil {
-		return nil, fmt.Errorf("%s --version: %v: %s", bin, err, out)
+		return nil, fmt.Errorf("%s --version: %w: %s", bin, err, out)
 	}
 	m := regexp.MustCompile(`\s(v?(\d+)\.(\d+)\.\d+\S*)`).FindStringSubmatch(string(out))
 	if m == nil {

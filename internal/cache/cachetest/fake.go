@@ -33,8 +33,8 @@ type Fake struct {
 	records  map[string]cache.Image
 	content  map[digest.Digest]bool
 	sizes    map[digest.Digest]int64 // of blobs written through the bundle.Sink
-	unpacked map[digest.Digest]bool // by node-platform manifest digest
-	gcRef    map[digest.Digest]bool // config → its snapshot is referenced (gc.ref.snapshot)
+	unpacked map[digest.Digest]bool  // by node-platform manifest digest
+	gcRef    map[digest.Digest]bool  // config → its snapshot is referenced (gc.ref.snapshot)
 	leases   map[int]map[digest.Digest]bool
 	leaseSeq int
 	calls    []string
@@ -252,7 +252,7 @@ func (f *Fake) GC() {
 	}
 	for m := range f.unpacked {
 		cfg := f.blobs[m].config
-		if !(live[cfg] && f.gcRef[cfg]) && !leased[m] {
+		if (!live[cfg] || !f.gcRef[cfg]) && !leased[m] {
 			delete(f.unpacked, m)
 		}
 	}

@@ -218,7 +218,7 @@ func timed(cmd *exec.Cmd) (sample, error) {
 		}
 	}
 	if err != nil {
-		return s, fmt.Errorf("%s: %v: %s", strings.Join(cmd.Args, " "), err, tailLines(out.String(), 5))
+		return s, fmt.Errorf("%s: %w: %s", strings.Join(cmd.Args, " "), err, tailLines(out.String(), 5))
 	}
 	return s, nil
 }
