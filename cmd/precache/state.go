@@ -24,9 +24,17 @@ type nodeState struct {
 	Images []string `json:"images"` // name:tag@digest
 }
 
+// writeState records the set just made right. A node reads the file after a reboot,
+// possibly with no API server to ask, so it must hold either the previous set or the new
+// one, whole, even across a power cut: the new content goes to a temporary file in the
+// same directory, is synced to disk, renamed over the old file, and the directory is
+// synced so the rename itself is on disk. A set with a failed image is not recorded.
 func writeState(path, source string, results []cache.Result) error {
 	st := nodeState{Version: 1, Written: time.Now().UTC(), Source: source}
 	for _, r := range results {
+		if r.Err != nil {
+			return fmt.Errorf("not recording a set that is not right: %s: %w", r.Image.Ref, r.Err)
+		}
 		ref := r.Image.Ref
 		if r.Digest != "" {
 			ref.Digest = r.Digest
@@ -37,14 +45,50 @@ func writeState(path, source string, results []cache.Result) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+	return writeFileSynced(path, append(data, '\n'), 0o644)
+}
+
+// writeFileSynced replaces path with data atomically and durably (see writeState).
+func writeFileSynced(path string, data []byte, mode os.FileMode) (retErr error) {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*.tmp")
+	if err != nil {
 		return err
 	}
-	return os.Rename(tmp, path)
+	tmp := f.Name()
+	defer func() {
+		if retErr != nil {
+			_ = f.Close()
+			_ = os.Remove(tmp)
+		}
+	}()
+	if _, err := f.Write(data); err != nil {
+		return err
+	}
+	if err := f.Chmod(mode); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("syncing %s: %w", tmp, err)
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("syncing %s: %w", dir, err)
+	}
+	return nil
 }
 
 func readState(path string) (*nodeState, []manifest.Image, error) {
