@@ -53,7 +53,11 @@ API server outages.`,
 				if err != nil {
 					return &usageError{fmt.Errorf("--image: %w", err)}
 				}
-				extra = append(extra, manifest.Image{Ref: ref, Source: "--image"})
+				img := manifest.Image{Ref: ref, Source: "--image"}
+				if ref.Digest != "" {
+					img.DigestSource, img.ByDigest = img.Source, true // pulled by the digest it names, as the kubelet does
+				}
+				extra = append(extra, img)
 			}
 			if selfImage != "" {
 				if _, err := manifest.ParseRef(selfImage); err != nil {
@@ -72,7 +76,7 @@ API server outages.`,
 					}
 					return s, s.Close, nil
 				},
-				OnReconcile: func(results []cache.Result, d *cluster.Discovery) {
+				OnSetRight: func(results []cache.Result, d *cluster.Discovery) {
 					if stateFile == "" {
 						return
 					}

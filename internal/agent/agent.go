@@ -17,8 +17,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containerd/errdefs"
+	digest "github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -36,10 +40,23 @@ import (
 )
 
 // Store is what the agent needs of the node's image store: the core's, plus the images
-// precache pinned earlier, so it can unpin those no longer wanted.
+// precache pinned earlier, so it can unpin those no longer wanted, and the store's own
+// news of its records.
 type Store interface {
 	pcache.Store
+	// Managed lists the records marked io.precache.managed=true.
 	Managed(ctx context.Context) ([]pcache.Image, error)
+	Watcher
+}
+
+// Watcher reports changes to the store's image records. The agent reconciles when a
+// record of a wanted image changes or goes (crictl rmi, the kubelet's image GC, someone
+// removing the pin), instead of leaving it wrong until the next resync.
+type Watcher interface {
+	// Events sends the name of each record created, updated or deleted, and "" when
+	// changes may have been missed (the stream broke and was set up again); errors say
+	// the stream broke. Both channels close when ctx is done.
+	Events(ctx context.Context) (<-chan string, <-chan error)
 }
 
 // Config configures an Agent.
@@ -62,9 +79,11 @@ type Config struct {
 	ClusterDNS []string
 	// Profiling serves net/http/pprof under /debug/pprof/ on MetricsAddr.
 	Profiling bool
-	// OnReconcile, if set, is told each reconcile's outcome (state file, tests).
-	OnReconcile func([]pcache.Result, *cluster.Discovery)
-	Log         *zap.Logger
+	// OnSetRight, if set, is called after each reconcile that left every wanted image
+	// right, with the set (the state file a node reads after a reboot: it must never
+	// record a set that was not made right).
+	OnSetRight func([]pcache.Result, *cluster.Discovery)
+	Log        *zap.Logger
 }
 
 // Agent keeps a node's image cache right.
@@ -78,11 +97,18 @@ type Agent struct {
 	trigger    chan struct{}
 	recorder   record.EventRecorder
 
+	// backoff is the first wait after a failed reconcile (doubling up to a minute);
+	// settle is how long store events are collected before they trigger one reconcile.
+	backoff, settle time.Duration
+
 	mu        sync.Mutex
 	dnsFail   bool
 	ready     bool
 	failing   bool
 	lastError string
+	// watched are the record names of the set last made right: a store event about one
+	// of them triggers a reconcile.
+	watched map[string]bool
 }
 
 type cacheLister struct {
@@ -98,7 +124,8 @@ func New(cfg Config) *Agent {
 	if cfg.Log == nil {
 		cfg.Log = zap.NewNop()
 	}
-	return &Agent{cfg: cfg, log: cfg.Log, metrics: newMetrics(), trigger: make(chan struct{}, 1)}
+	return &Agent{cfg: cfg, log: cfg.Log, metrics: newMetrics(), trigger: make(chan struct{}, 1),
+		backoff: time.Second, settle: 200 * time.Millisecond}
 }
 
 // strip keeps only what discovery reads, so the informer caches stay small (SetTransform).
@@ -200,18 +227,27 @@ func jitter(d time.Duration) time.Duration {
 	return d - d/10 + time.Duration(rand.Int64N(int64(d/5)+1))
 }
 
-// loop reconciles on change, on the jittered resync, and with backoff after a failure.
+// loop reconciles on change, on the jittered resync, on the store's events about wanted
+// records, and with backoff after a failure. A failure that says containerd is gone drops
+// the connection: the next try dials afresh, rather than waiting on a connection that
+// redials a restarted daemon at its own pace.
 func (a *Agent) loop(ctx context.Context, srvErr <-chan error) error {
 	var (
 		store   Store
 		closeFn func() error
-		backoff = time.Second
+		unwatch func()
+		backoff = a.backoff
 	)
-	defer func() {
+	drop := func() {
+		if unwatch != nil {
+			unwatch()
+		}
 		if closeFn != nil {
 			_ = closeFn()
 		}
-	}()
+		store, closeFn, unwatch = nil, nil, nil
+	}
+	defer drop()
 	timer := time.NewTimer(jitter(a.cfg.Resync))
 	defer timer.Stop()
 	for {
@@ -227,29 +263,96 @@ func (a *Agent) loop(ctx context.Context, srvErr <-chan error) error {
 		if store == nil {
 			s, c, err := a.cfg.Open(ctx)
 			if err != nil {
+				if ctx.Err() != nil {
+					continue
+				}
 				a.failed(ctx, "ContainerdUnreachable", err)
 				timer.Reset(backoff)
 				backoff = min(backoff*2, time.Minute)
 				continue
 			}
-			store, closeFn = s, c
+			store, closeFn, unwatch = s, c, a.startWatch(ctx, s)
 		}
 		err := a.reconcile(ctx, store)
 		if err != nil && ctx.Err() == nil {
 			if errors.Is(err, errStore) {
-				_ = closeFn()
-				store, closeFn = nil, nil // reconnect next time: containerd may have restarted
+				a.log.Info("containerd is gone; connecting afresh on the next try")
+				drop()
 			}
 			timer.Reset(backoff)
 			backoff = min(backoff*2, time.Minute)
 			continue
 		}
-		backoff = time.Second
+		backoff = a.backoff
 		timer.Reset(jitter(a.cfg.Resync))
 	}
 }
 
+// startWatch runs watch until the returned function is called, which waits for it to end.
+func (a *Agent) startWatch(ctx context.Context, w Watcher) func() {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		a.watch(ctx, w)
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
+}
+
+// watch turns the store's events into reconciles: an event about a record of the set
+// last made right (or "": events may have been missed) triggers one reconcile, after
+// the events of the next moment are collected (crictl rmi deletes three records). The
+// agent's own writes come back as events too; the reconcile they trigger finds
+// everything right and does nothing.
+func (a *Agent) watch(ctx context.Context, w Watcher) {
+	names, errs := w.Events(ctx)
+	var settled <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case name, ok := <-names:
+			if !ok {
+				return
+			}
+			if name != "" && !a.isWatched(name) {
+				continue
+			}
+			if settled == nil {
+				a.log.Debug("image record changed", zap.String("image", name))
+				settled = time.After(a.settle)
+			}
+		case err, ok := <-errs:
+			if !ok {
+				errs = nil
+				continue
+			}
+			a.log.Info("containerd's image events interrupted; subscribing again", zap.Error(err))
+		case <-settled:
+			settled = nil
+			a.kick()
+		}
+	}
+}
+
+func (a *Agent) isWatched(name string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.watched[name]
+}
+
+// errStore marks a reconcile failure that says the store itself is gone.
 var errStore = errors.New("image store")
+
+// storeGone reports whether err says containerd cannot be reached (the daemon stopped or
+// restarted; the adapter maps gRPC's Unavailable to errdefs.ErrUnavailable), as opposed
+// to what is wrong with one image or its registry.
+func storeGone(err error) bool {
+	return errdefs.IsUnavailable(err) || status.Code(err) == codes.Unavailable
+}
 
 func (a *Agent) reconcile(ctx context.Context, store Store) error {
 	start := time.Now()
@@ -265,7 +368,11 @@ func (a *Agent) reconcile(ctx context.Context, store Store) error {
 	want := append([]manifest.Image{}, d.Images...)
 	if a.cfg.SelfImage != "" {
 		if ref, err := manifest.ParseRef(a.cfg.SelfImage); err == nil {
-			want = append(want, manifest.Image{Ref: ref, Source: "the agent's own image"})
+			self := manifest.Image{Ref: ref, Source: "the agent's own image"}
+			if ref.Digest != "" {
+				self.DigestSource, self.ByDigest = self.Source, true // pulled by the digest it names, as the kubelet does
+			}
+			want = append(want, self)
 		}
 	}
 	want = append(want, a.cfg.Extra...)
@@ -273,14 +380,13 @@ func (a *Agent) reconcile(ctx context.Context, store Store) error {
 
 	e := pcache.NewEnsurer(store, pcache.Options{Logger: a.log})
 	results, err := e.Ensure(ctx, want)
-	present, pinned := 0, 0
+	present := 0
 	for _, r := range results {
 		if r.Err != nil {
 			a.metrics.failures.WithLabelValues(reason(r.Err)).Inc()
 			continue
 		}
 		present++
-		pinned++
 		for _, act := range r.Actions {
 			if act == pcache.ActionPulled {
 				a.metrics.pull.Observe(r.Duration.Seconds())
@@ -288,28 +394,44 @@ func (a *Agent) reconcile(ctx context.Context, store Store) error {
 		}
 	}
 	a.metrics.present.Set(float64(present))
-	a.metrics.pinned.Set(float64(pinned))
-	if a.cfg.OnReconcile != nil {
-		a.cfg.OnReconcile(results, d)
-	}
+	a.metrics.pinned.Set(float64(present))
 	if err != nil {
 		a.metrics.reconciles.WithLabelValues("failed").Inc()
 		a.failed(ctx, "ImagesNotRight", err)
-		var se *pcache.SetError
-		if !errors.As(err, &se) {
+		if storeGone(err) {
 			return fmt.Errorf("%w: %w", errStore, err)
 		}
 		return err
 	}
+	if a.cfg.OnSetRight != nil {
+		a.cfg.OnSetRight(results, d)
+	}
+
+	managed, err := store.Managed(ctx)
+	if err != nil {
+		a.failed(ctx, "ImagesNotRight", fmt.Errorf("listing the images precache pinned: %w", err))
+		if storeGone(err) {
+			return fmt.Errorf("%w: %w", errStore, err)
+		}
+		return err
+	}
+	k := keepOf(results, managed)
+	a.mu.Lock()
+	a.watched = k.names
+	a.mu.Unlock()
 
 	// Unpin what precache pinned earlier and is no longer wanted, once this node's
 	// calico-node runs the version now wanted (until then the old images are its lifeline).
-	if running := a.runningVersion(); running == d.Version {
-		if err := a.unpinStale(ctx, store, want); err != nil {
+	if running := a.runningNode(); runsWanted(running, d, results) {
+		if err := a.unpinStale(ctx, store, managed, k); err != nil {
+			if storeGone(err) {
+				a.failed(ctx, "ImagesNotRight", err)
+				return fmt.Errorf("%w: %w", errStore, err)
+			}
 			a.log.Warn("unpinning", zap.Error(err))
 		}
 	} else {
-		a.log.Info("keeping the previous version pinned until calico-node runs the new one", zap.String("running", running), zap.String("wanted", d.Version))
+		a.log.Info("keeping the previous version pinned until calico-node runs the new one", zap.String("running", running.String()), zap.String("wanted", d.Version))
 	}
 	a.checkDNS()
 	a.metrics.reconciles.WithLabelValues("ok").Inc()
@@ -359,8 +481,8 @@ func (a *Agent) snapshot() cluster.Snapshot {
 	return s
 }
 
-// runningVersion is the tag of calico/node in this node's calico-node pod ("" if none).
-func (a *Agent) runningVersion() string {
+// runningNode is the calico/node reference of this node's calico-node pod (zero if none).
+func (a *Agent) runningNode() manifest.Ref {
 	for _, l := range a.podListers {
 		for _, obj := range l.store.List() {
 			p, ok := obj.(*corev1.Pod)
@@ -369,65 +491,96 @@ func (a *Agent) runningVersion() string {
 			}
 			for _, c := range p.Spec.Containers {
 				if ref, err := manifest.ParseRef(c.Image); err == nil && ref.Base() == "node" {
-					return ref.Tag
+					return ref
 				}
 			}
 		}
 	}
-	return ""
+	return manifest.Ref{}
 }
 
-func (a *Agent) unpinStale(ctx context.Context, store Store, want []manifest.Image) error {
-	keep := map[string]bool{}
-	for _, img := range want {
-		keep[img.Ref.Name] = true
+// runsWanted reports whether this node's calico-node runs the wanted version: by its tag,
+// or, for a digest-only reference (the operator with an ImageSet), by the digest the wanted
+// calico/node image was made right with.
+func runsWanted(running manifest.Ref, d *cluster.Discovery, results []pcache.Result) bool {
+	if running.Tag != "" {
+		return running.Tag == d.Version
 	}
-	managed, err := store.Managed(ctx)
-	if err != nil {
-		return err
+	if running.Digest == "" {
+		return false
 	}
-	wanted := map[string]bool{}
-	for _, img := range want {
-		wanted[img.Ref.TagName()] = true
-	}
-	for _, img := range managed {
-		ref, err := manifest.ParseRef(img.Name)
-		if err != nil {
-			continue
-		}
-		if wanted[ref.TagName()] {
-			continue
-		}
-		// Another digest name of a wanted tag (the same target) stays too.
-		if ref.Tag == "" && keep[ref.Name] && a.targetWanted(ctx, store, img, want) {
-			continue
-		}
-		labels := map[string]string{}
-		for k, v := range img.Labels {
-			if k != pcache.LabelCRIPinned && k != pcache.LabelManaged {
-				labels[k] = v
-			}
-		}
-		img.Labels = labels
-		if err := store.Put(ctx, img); err != nil {
-			return err
-		}
-		a.log.Info("unpinned", zap.String("image", img.Name))
-	}
-	return nil
-}
-
-func (a *Agent) targetWanted(ctx context.Context, store Store, img pcache.Image, want []manifest.Image) bool {
-	for _, w := range want {
-		if w.Ref.Name != manifest.MustParseRef(img.Name).Name {
-			continue
-		}
-		rec, err := store.Image(ctx, w.Ref.TagName())
-		if err == nil && rec.Target.Digest == img.Target.Digest {
+	for _, r := range results {
+		if r.Image.Ref.Name == running.Name && r.Digest == running.Digest {
 			return true
 		}
 	}
 	return false
+}
+
+// keep is what stays pinned: the record names of the set made right, and its targets.
+type keep struct {
+	names   map[string]bool
+	targets map[digest.Digest]bool
+}
+
+// keepOf lists the names the set was made right under: "repo:tag" and "repo@<the digest
+// it has now>" of each image (not every digest the repository ever had), and the image-ID
+// records ("sha256:<config>") that point at one of those targets.
+func keepOf(results []pcache.Result, managed []pcache.Image) keep {
+	k := keep{names: map[string]bool{}, targets: map[digest.Digest]bool{}}
+	for _, r := range results {
+		ref := r.Image.Ref
+		if tn := ref.TagName(); tn != "" {
+			k.names[tn] = true
+		}
+		for _, d := range []digest.Digest{r.Digest, ref.Digest} {
+			if d != "" {
+				k.names[ref.DigestName(d)] = true
+				k.targets[d] = true
+			}
+		}
+	}
+	for _, img := range managed {
+		if isImageID(img.Name) && k.targets[img.Target.Digest] {
+			k.names[img.Name] = true
+		}
+	}
+	return k
+}
+
+// isImageID: the CRI's image-ID record, named after the config digest ("sha256:…"). It
+// also parses as an image reference (docker.io/library/sha256:…), so look at it first.
+func isImageID(name string) bool {
+	_, err := digest.Parse(name)
+	return err == nil
+}
+
+// unpinStale drops precache's mark from the records not in k, and their pin when precache
+// set it: a pin someone else set (the CRI pins its sandbox image) stays theirs. Only those
+// labels are removed; the rest of the record, as it is now in the store, is left alone.
+func (a *Agent) unpinStale(ctx context.Context, store Store, managed []pcache.Image, k keep) error {
+	for _, img := range managed {
+		if k.names[img.Name] {
+			continue
+		}
+		labels := []string{pcache.LabelManaged}
+		ours := img.Labels[pcache.LabelPinnedBy] == "true"
+		if ours {
+			labels = append(labels, pcache.LabelCRIPinned, pcache.LabelPinnedBy)
+		}
+		if err := store.Unlabel(ctx, img.Name, labels...); err != nil {
+			if errors.Is(err, pcache.ErrNotFound) {
+				continue // deleted meanwhile: nothing to unpin
+			}
+			return fmt.Errorf("unpinning %s: %w", img.Name, err)
+		}
+		if ours {
+			a.log.Info("unpinned", zap.String("image", img.Name))
+		} else {
+			a.log.Info("no longer kept; its pin is not precache's and stays", zap.String("image", img.Name))
+		}
+	}
+	return nil
 }
 
 // checkDNS runs doctor's DNS-loop check on the node's files: the metric, and an Event
