@@ -407,20 +407,6 @@ func TestImportAfterACorruptedBlob(t *testing.T) {
 	n.assertRight(ref, digestString(t, idx))
 }
 
-// TestImportOtherPlatformOnly: stored, but the missing node platform is reported, exit non-zero.
-func TestImportOtherPlatformOnly(t *testing.T) {
-	ref := "docker.io/example/armonly:v1"
-	idx := offlineIndex(t, 888, "linux/arm64")
-	n := newNode(t)
-	r := n.precache(nil, "import", writeFile(t, "arm.tar", ociBundle(t, "zstd", map[string]v1.ImageIndex{ref: idx}, ref)))
-	if r.code == 0 || !strings.Contains(r.stderr, "node platform missing from the bundle") || !strings.Contains(r.stderr, ref) {
-		t.Fatalf("exit %d, stderr:\n%s", r.code, r.stderr)
-	}
-	if !contains(n.imageNames(), ref) {
-		t.Errorf("the arm64 image was not stored: %v", n.imageNames())
-	}
-}
-
 // TestImportKilledMidwayConverges: SIGKILL during an import, then import again → right.
 func TestImportKilledMidwayConverges(t *testing.T) {
 	ref := "docker.io/example/big:v1"
