@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
 // metrics are the agent's Prometheus metrics, on their own registry.
@@ -64,6 +65,6 @@ func newMetrics() *metrics {
 	}
 	m.dnsLoop.Set(-1)
 	m.reg.MustRegister(m.desired, m.present, m.pinned, m.pull, m.failures, m.lastSuccess, m.reconciles, m.dnsLoop, apiRequests,
-		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
