@@ -64,3 +64,17 @@ func TestGRPCCause(t *testing.T) {
 		t.Fatal("grpcCause changed a non-gRPC error")
 	}
 }
+
+// TestNoSpace: a full disk crosses gRPC as text only; it must read as ErrNoSpace, from a
+// content write and from a pull alike, and nothing else may.
+func TestNoSpace(t *testing.T) {
+	full := status.Error(codes.Unknown, "failed to open writer: write /var/lib/containerd/io.containerd.content.v1.content/ingest/x/total: no space left on device")
+	for name, classifyFn := range map[string]func(error) error{"store": classifyStore, "pull": classify} {
+		if err := classifyFn(full); !errors.Is(err, cache.ErrNoSpace) {
+			t.Errorf("%s: classify(%v) = %v, want ErrNoSpace", name, full, err)
+		}
+		if err := classifyFn(errors.New("connection reset by peer")); errors.Is(err, cache.ErrNoSpace) {
+			t.Errorf("%s: a reset classified as a full disk", name)
+		}
+	}
+}
