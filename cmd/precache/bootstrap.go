@@ -219,7 +219,7 @@ type dnsResolverFlag struct {
 
 // fromBundle imports the bundle, then finishes the set without any registry.
 func (a *app) fromBundle(ctx context.Context, out io.Writer, store *pcontainerd.Store, images []manifest.Image, f bootstrapFlags) ([]cache.Result, error) {
-	in, _, err := openBundle(f.bundle)
+	in, size, err := openBundle(f.bundle)
 	if err != nil {
 		return nil, err
 	}
@@ -227,7 +227,7 @@ func (a *app) fromBundle(ctx context.Context, out io.Writer, store *pcontainerd.
 	offline := cache.NewEnsurer(store, cache.Options{Parallel: f.parallel, Logger: a.log, Offline: true})
 	res, err := offline.Import(ctx, store, in, cache.ImportOptions{BaseName: f.baseName})
 	if err != nil && !errors.Is(err, cache.ErrPlatformMissing) {
-		return nil, bundleError(f.bundle, err)
+		return nil, noSpace(ctx, store, size, bundleError(f.bundle, err))
 	}
 	if res != nil {
 		for _, n := range res.Notes {
