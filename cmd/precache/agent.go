@@ -3,7 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
-	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -14,6 +14,7 @@ import (
 	"github.com/precache/precache/internal/cache"
 	"github.com/precache/precache/internal/cluster"
 	"github.com/precache/precache/internal/doctor"
+	"github.com/precache/precache/internal/hostfs"
 	"github.com/precache/precache/internal/manifest"
 )
 
@@ -68,7 +69,7 @@ API server outages.`,
 			ag := agent.New(agent.Config{
 				NodeName: nodeName, Clients: clients, Resync: resync, SelfImage: selfImage, Extra: extra,
 				MetricsAddr: metricsAddr, Log: a.log, Profiling: profiling,
-				Root: root, ClusterDNS: clusterDNS(ctx, clients, filepath.Join(root, kubeletConfig)),
+				Root: root, ClusterDNS: clusterDNS(ctx, clients, hostfs.Root(root), kubeletConfig),
 				Open: func(ctx context.Context) (agent.Store, func() error, error) {
 					s, err := a.openStore(ctx, sf)
 					if err != nil {
@@ -97,7 +98,7 @@ API server outages.`,
 	f.DurationVar(&resync, "resync", 10*time.Minute, "periodic reconcile (jittered ±10 %), on top of watch events")
 	annotateEnv(f.Lookup("resync"), "PRECACHE_RESYNC")
 	envFlag(f, &root, "root", "PRECACHE_ROOT", "/", "the node's root filesystem, for the DNS-loop check (the DaemonSet mounts it at /host)")
-	envFlag(f, &kubeletConfig, "kubelet-config", "PRECACHE_KUBELET_CONFIG", "/var/lib/kubelet/config.yaml", "the kubelet's config file under --root (its clusterDNS)")
+	envFlag(f, &kubeletConfig, "kubelet-config", "PRECACHE_KUBELET_CONFIG", "", "the kubelet's config file under --root, for its clusterDNS (default: "+strings.Join(doctor.KubeletConfigPaths, ", else ")+")")
 	f.BoolVar(&profiling, "profiling", false, "serve Go's pprof under /debug/pprof/ on --metrics-address")
 	f.StringArrayVar(&images, "image", nil, "more images to keep (repeatable)")
 	annotateEnv(f.Lookup("image"), "PRECACHE_IMAGES")
@@ -106,9 +107,10 @@ API server outages.`,
 	return cmd
 }
 
-// clusterDNS is the kubelet's clusterDNS, or the kube-dns/coredns Service's IPs (one GET, at start).
-func clusterDNS(ctx context.Context, clients cluster.Clients, kubeletConfig string) []string {
-	if k, err := doctor.ReadKubelet(kubeletConfig); err == nil && len(k.ClusterDNS) > 0 {
+// clusterDNS is the kubelet's clusterDNS (its config file read under root), or the
+// kube-dns/coredns Service's IPs (one GET, at start).
+func clusterDNS(ctx context.Context, clients cluster.Clients, root hostfs.Root, kubeletConfig string) []string {
+	if k, err := doctor.FindKubelet(root, kubeletConfig); err == nil && len(k.ClusterDNS) > 0 {
 		return k.ClusterDNS
 	}
 	for _, name := range []string{"kube-dns", "coredns"} {

@@ -4,18 +4,20 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/precache/precache/internal/bundle"
 	"github.com/precache/precache/internal/cache"
 	"github.com/precache/precache/internal/cluster"
 	"github.com/precache/precache/internal/doctor"
+	"github.com/precache/precache/internal/hostfs"
 	"github.com/precache/precache/internal/manifest"
 )
 
@@ -37,11 +39,13 @@ func newDoctorCommand(a *app) *cobra.Command {
 		Use:   "doctor",
 		Short: "Find the DNS ↔ CNI loop and what else would keep this node from recovering its network",
 		Long: `doctor checks, with evidence and a fix for each: whether the node's name resolution depends on
-the cluster DNS service (the loop: cluster DNS needs the CNI, whose images need DNS); whether
-the Calico images are present, complete, unpacked and pinned; whether a bundle is configured,
-readable and covers the running version; containerd (reachable, pinning support, the CRI's
-snapshotter, discard_unpacked_layers, registry config_path); disk space; the kubelet's image
-GC thresholds. Exit code: 0 all OK, 1 any WARN with --strict, 2 any FAIL.`,
+the cluster (the loop: the CoreDNS service IP needs the pod network, so calico-node; node-local
+DNS needs its pod and image on the node, and a resolver outside the cluster to forward to);
+whether the Calico images are present, complete, unpacked and pinned; whether a bundle is
+configured, readable and covers the running version; containerd (reachable, pinning support,
+the CRI's snapshotter, discard_unpacked_layers, registry config_path); disk space; the
+kubelet's image GC thresholds. The node's files are read under --root, links resolved
+inside it as on the node. Exit code: 0 all OK, 1 any WARN with --strict, 2 any FAIL.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := outputFormat(output).validate(); err != nil {
@@ -66,7 +70,7 @@ GC thresholds. Exit code: 0 all OK, 1 any WARN with --strict, 2 any FAIL.`,
 	f := cmd.Flags()
 	set.register(f)
 	envFlag(f, &root, "root", "PRECACHE_ROOT", "/", "the node's root filesystem (the DaemonSet mounts it at /host)")
-	envFlag(f, &kubeletConfig, "kubelet-config", "PRECACHE_KUBELET_CONFIG", "/var/lib/kubelet/config.yaml", "the kubelet's config file, under --root")
+	envFlag(f, &kubeletConfig, "kubelet-config", "PRECACHE_KUBELET_CONFIG", "", "the kubelet's config file, under --root (default: "+strings.Join(doctor.KubeletConfigPaths, ", else ")+")")
 	envFlag(f, &containerdConfig, "containerd-config", "PRECACHE_CONTAINERD_CONFIG", "/etc/containerd/config.toml", "containerd's config file, under --root")
 	envFlag(f, &bundlePath, "bundle", "PRECACHE_BUNDLE", "", "the bundle bootstrap falls back to, under --root")
 	envFlag(f, &stateFile, "state-file", "PRECACHE_STATE_FILE", DefaultStateFile, "the state bootstrap and the agent record, under --root")
@@ -75,26 +79,34 @@ GC thresholds. Exit code: 0 all OK, 1 any WARN with --strict, 2 any FAIL.`,
 	return cmd
 }
 
-func (a *app) doctor(ctx context.Context, set *setFlags, root, kubeletConfig, containerdConfig, bundlePath, stateFile string) []doctor.Result {
-	under := func(p string) string { return filepath.Join(root, p) }
+func (a *app) doctor(ctx context.Context, set *setFlags, rootDir, kubeletConfig, containerdConfig, bundlePath, stateFile string) []doctor.Result {
+	// Every node file is read through root: links resolve inside it, as on the node.
+	root := hostfs.Root(rootDir)
+	host := func(p string) string {
+		r, _ := root.Resolve(p)
+		return r.Host
+	}
 	var results []doctor.Result
 
-	// The image set and the cluster DNS IPs: the cluster if it can be read, else the flags, else the state.
+	// The image set and the cluster's DNS: the cluster if it can be read, else the flags, else the state.
 	var (
 		images []manifest.Image
 		what   = "the set"
-		dnsIPs []string
 	)
-	kubelet, kerr := doctor.ReadKubelet(under(kubeletConfig))
+	kubelet, kerr := doctor.FindKubelet(root, kubeletConfig)
+	dns := doctor.NodeClusterDNS(root, kubelet)
 	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	found, discovered, derr := a.discoverSet(actx, set, under(cluster.KubeletConfig))
+	found, discovered, derr := a.discoverSet(actx, set, host(cluster.KubeletConfig))
 	if derr == nil {
 		images, what = discovered, "Calico "+found.Version
-		if cfg, _, err := cluster.Config(set.kubeconfig, under(cluster.KubeletConfig)); err == nil {
-			if clients, err := cluster.NewClients(cfg); err == nil {
-				dnsIPs = clusterDNS(actx, clients, under(kubeletConfig))
-			}
+	}
+	if cfg, _, err := cluster.Config(set.kubeconfig, host(cluster.KubeletConfig)); err == nil {
+		cfg.Timeout = 5 * time.Second
+		if clients, err := cluster.NewClients(cfg); err == nil {
+			readClusterDNS(actx, clients, &dns)
 		}
+	} else {
+		dns.ForwardUnknown = "no API access: " + firstLine(err.Error())
 	}
 	cancel()
 	switch {
@@ -103,20 +115,17 @@ func (a *app) doctor(ctx context.Context, set *setFlags, root, kubeletConfig, co
 		images, _ = set.build()
 		what = "the flags' set"
 	default:
-		if _, st, err := readState(under(stateFile)); err == nil {
+		if _, st, err := readState(host(stateFile)); err == nil {
 			images, what = st, "the set recorded in "+stateFile
 		}
-	}
-	if len(dnsIPs) == 0 && kerr == nil {
-		dnsIPs = kubelet.ClusterDNS
 	}
 
 	// 1. The loop.
 	remedies := []string{"precache bootstrap --dns-fallback IP", "a bundle on disk (precache bootstrap --bundle FILE)"}
-	if r, err := doctor.ReadResolvers(root); err != nil {
+	if r, err := doctor.ReadResolvers(rootDir); err != nil {
 		results = append(results, doctor.Result{Check: "dns-loop", Status: doctor.Skip, Summary: err.Error()})
 	} else {
-		results = append(results, doctor.DNSLoop(r, dnsIPs, remedies))
+		results = append(results, doctor.Loop(r, dns, remedies))
 	}
 
 	// 2–4. containerd, the images, the bundle.
@@ -131,8 +140,8 @@ func (a *app) doctor(ctx context.Context, set *setFlags, root, kubeletConfig, co
 		}
 		c.CRI, _ = doctor.CRIConfig(ctx, strings.TrimPrefix(a.global.address, "unix://"))
 	}
-	if cfg, err := doctor.ReadContainerdConfig(under(containerdConfig)); err == nil {
-		c.Config, c.ConfigPath = cfg, containerdConfig
+	if cfg, p, err := doctor.ReadContainerdConfig(root, containerdConfig); err == nil {
+		c.Config, c.ConfigPath = cfg, p.String()
 	}
 	results = append(results, doctor.ContainerdCheck(c))
 	switch {
@@ -153,7 +162,7 @@ func (a *app) doctor(ctx context.Context, set *setFlags, root, kubeletConfig, co
 		results = append(results, doctor.Bundle("", nil, nil, images))
 	} else {
 		var lock *manifest.Lock
-		in, _, err := openBundle(under(bundlePath))
+		in, _, err := root.Open(bundlePath)
 		if err == nil {
 			lock, err = bundle.PeekLock(in)
 			in.Close()
@@ -161,33 +170,79 @@ func (a *app) doctor(ctx context.Context, set *setFlags, root, kubeletConfig, co
 		results = append(results, doctor.Bundle(bundlePath, lock, err, images))
 	}
 
-	// 5–6. Disk and the kubelet's image GC, on the containerd root.
-	croot := under("/var/lib/containerd")
+	// 5–6. Disk and the kubelet's image GC, on the containerd root (a node path: the CRI
+	// reports it as the node sees it, and it may be a link to another disk).
+	croot := "/var/lib/containerd"
 	if c.CRI != nil {
 		for _, key := range []string{"containerdRootDir", "rootDir"} {
 			if p := findCRIString(c.CRI, key); p != "" {
-				croot = under(strings.TrimSuffix(p, "/io.containerd.grpc.v1.cri"))
+				croot = strings.TrimSuffix(p, "/io.containerd.grpc.v1.cri")
 				break
 			}
 		}
 	}
 	var fs syscall.Statfs_t
-	if err := syscall.Statfs(croot, &fs); err != nil {
-		results = append(results, doctor.Result{Check: "disk", Status: doctor.Skip, Summary: err.Error()})
+	cpath, err := root.Resolve(croot)
+	if err == nil {
+		err = syscall.Statfs(cpath.Host, &fs)
+	}
+	if err != nil {
+		results = append(results, doctor.Result{Check: "disk", Status: doctor.Skip, Summary: fmt.Sprintf("%s: %v", cpath, err)})
 	} else {
 		free := fs.Bavail * uint64(fs.Bsize)
 		total := fs.Blocks * uint64(fs.Bsize)
-		results = append(results, doctor.Disk(croot, free, releaseBytes))
+		results = append(results, doctor.Disk(cpath.String(), free, releaseBytes))
 		used := 0
 		if total > 0 {
 			used = int((total - fs.Bfree*uint64(fs.Bsize)) * 100 / total)
 		}
 		if kerr != nil {
-			kubelet.Path = kubeletConfig + " (not readable: kubelet defaults)"
+			kubelet.Path += " (not readable: kubelet defaults)"
 		}
 		results = append(results, doctor.KubeletGC(kubelet, used, c.Reachable == nil && doctor.PinningSupported(c.Version)))
 	}
+
 	return results
+}
+
+// readClusterDNS adds what the API says of the cluster's DNS: the CoreDNS Service, and
+// node-local DNS's ConfigMap (its addresses and where it forwards names outside the
+// cluster) and DaemonSet (its image) — Kubespray's nodelocaldns or the NodeLocal DNSCache
+// addon's node-local-dns. Each read is optional: a node's own credentials may not allow it.
+func readClusterDNS(ctx context.Context, clients cluster.Clients, d *doctor.ClusterDNS) {
+	core := clients.Kube.CoreV1()
+	for _, name := range []string{"kube-dns", "coredns"} {
+		svc, err := core.Services("kube-system").Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			continue
+		}
+		ips := svc.Spec.ClusterIPs
+		if len(ips) == 0 {
+			ips = []string{svc.Spec.ClusterIP}
+		}
+		d.AddService("Service kube-system/"+name, ips...)
+		break
+	}
+	var whyNot []string
+	for _, name := range []string{"nodelocaldns", "node-local-dns"} {
+		cm, err := core.ConfigMaps("kube-system").Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			if !apierrors.IsNotFound(err) {
+				whyNot = append(whyNot, fmt.Sprintf("ConfigMap kube-system/%s: %s", name, firstLine(err.Error())))
+			}
+			continue
+		}
+		d.AddCorefile("ConfigMap kube-system/"+name, cm.Data["Corefile"])
+		if ds, err := clients.Kube.AppsV1().DaemonSets("kube-system").Get(ctx, name, metav1.GetOptions{}); err == nil && len(ds.Spec.Template.Spec.Containers) > 0 {
+			d.Image, d.ImageSource = ds.Spec.Template.Spec.Containers[0].Image, "DaemonSet kube-system/"+name
+		}
+		return
+	}
+	if len(whyNot) > 0 {
+		d.ForwardUnknown = strings.Join(whyNot, "; ")
+	} else {
+		d.ForwardUnknown = "no nodelocaldns or node-local-dns ConfigMap in kube-system"
+	}
 }
 
 func findCRIString(m map[string]any, key string) string {

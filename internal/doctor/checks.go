@@ -3,15 +3,14 @@ package doctor
 import (
 	"encoding/json"
 	"fmt"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/pelletier/go-toml/v2"
-	"sigs.k8s.io/yaml"
 
 	"github.com/precache/precache/internal/cache"
+	"github.com/precache/precache/internal/hostfs"
 	"github.com/precache/precache/internal/manifest"
 )
 
@@ -31,7 +30,7 @@ func Images(set []manifest.Image, rows []cache.Row, what string) Result {
 	case len(missing) > 0:
 		res.Status = Fail
 		res.Summary = fmt.Sprintf("%d of %d images of %s are not ready to start calico-node without the network", len(missing), len(rows), what)
-		res.Evidence = append(missing, unpinned...)
+		res.Evidence = slices.Concat(missing, unpinned)
 		res.Fix = "precache bootstrap (or keep the precache agent running); with DNS down: precache import BUNDLE"
 	case len(unpinned) > 0:
 		res.Status = Warn
@@ -173,58 +172,6 @@ func Disk(path string, free, needed uint64) Result {
 
 func gib(n uint64) float64 { return float64(n) / (1 << 30) }
 
-// Kubelet is what doctor reads of the kubelet's config file.
-type Kubelet struct {
-	Path                        string
-	ClusterDNS                  []string
-	ImageGCHighThresholdPercent int
-	ImageGCLowThresholdPercent  int
-}
-
-// ReadKubelet reads a KubeletConfiguration file (defaults: GC at 85 %, down to 80 %).
-func ReadKubelet(path string) (Kubelet, error) {
-	k := Kubelet{Path: path, ImageGCHighThresholdPercent: 85, ImageGCLowThresholdPercent: 80}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return k, err
-	}
-	var cfg struct {
-		ClusterDNS []string `json:"clusterDNS"`
-		High       *int     `json:"imageGCHighThresholdPercent"`
-		Low        *int     `json:"imageGCLowThresholdPercent"`
-	}
-	if err := yaml.Unmarshal(data, &cfg); err != nil {
-		return k, fmt.Errorf("%s: %w", path, err)
-	}
-	k.ClusterDNS = cfg.ClusterDNS
-	if cfg.High != nil {
-		k.ImageGCHighThresholdPercent = *cfg.High
-	}
-	if cfg.Low != nil {
-		k.ImageGCLowThresholdPercent = *cfg.Low
-	}
-	return k, nil
-}
-
-// KubeletGC compares the kubelet's image GC thresholds with the disk's use and pinning.
-func KubeletGC(k Kubelet, usedPercent int, pinning bool) Result {
-	res := Result{Check: "kubelet-image-gc", Evidence: []string{fmt.Sprintf("%s: image GC from %d %% down to %d %%; the image disk is %d %% used",
-		k.Path, k.ImageGCHighThresholdPercent, k.ImageGCLowThresholdPercent, usedPercent)}}
-	switch {
-	case pinning:
-		res.Status, res.Summary = OK, "pinned images are never garbage-collected by the kubelet"
-	case usedPercent >= k.ImageGCHighThresholdPercent:
-		res.Status, res.Summary = Fail, "the disk is past the kubelet's GC threshold and pins are not honoured: Calico's images are being garbage-collected"
-		res.Fix = "upgrade containerd to ≥ 1.7.3 (pinning), free disk space, or raise imageGCHighThresholdPercent"
-	case usedPercent >= k.ImageGCLowThresholdPercent:
-		res.Status, res.Summary = Warn, "the disk is near the kubelet's GC threshold and pins are not honoured"
-		res.Fix = "upgrade containerd to ≥ 1.7.3 (pinning) or free disk space"
-	default:
-		res.Status, res.Summary = OK, "below the kubelet's GC thresholds"
-	}
-	return res
-}
-
 // findString returns the first non-empty string value under any of keys.
 func findString(m map[string]any, keys ...string) string {
 	s, _ := findStringSet(m, keys...)
@@ -281,15 +228,15 @@ func walk(v any, f func(string, any)) {
 	}
 }
 
-// ReadContainerdConfig decodes containerd's TOML config file.
-func ReadContainerdConfig(path string) (map[string]any, error) {
-	data, err := os.ReadFile(path)
+// ReadContainerdConfig decodes containerd's TOML config file, a node path under root.
+func ReadContainerdConfig(root hostfs.Root, path string) (map[string]any, hostfs.Path, error) {
+	data, p, err := root.ReadFile(path)
 	if err != nil {
-		return nil, err
+		return nil, p, err
 	}
 	out := map[string]any{}
 	if err := toml.Unmarshal(data, &out); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, p, fmt.Errorf("%s: %w", p, err)
 	}
-	return out, nil
+	return out, p, nil
 }

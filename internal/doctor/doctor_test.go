@@ -5,8 +5,12 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/precache/precache/internal/hostfs"
 )
 
+// writeTree lays out a node's files under a fresh root: path → content, or "-> DEST" for
+// a symbolic link to DEST (as written, absolute or relative).
 func writeTree(t *testing.T, files map[string]string) string {
 	t.Helper()
 	root := t.TempDir()
@@ -15,87 +19,17 @@ func writeTree(t *testing.T, files map[string]string) string {
 		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
 			t.Fatal(err)
 		}
+		if dest, ok := strings.CutPrefix(content, "-> "); ok {
+			if err := os.Symlink(dest, full); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
 		if err := os.WriteFile(full, []byte(content), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
 	return root
-}
-
-// The exact shape Kubespray leaves on a node with resolvconf_mode: host_resolvconf and
-// systemd-resolved: the stub in resolv.conf, the cluster DNS service IP in resolved.conf.
-const kubesprayResolved = `# Kubespray managed
-[Resolve]
-DNS=10.233.0.3
-Domains=default.svc.cluster.local svc.cluster.local
-`
-
-func TestDNSLoop(t *testing.T) {
-	t.Parallel()
-	stub := "nameserver 127.0.0.53\noptions edns0 trust-ad\nsearch .\n"
-	tests := []struct {
-		name       string
-		files      map[string]string
-		clusterDNS []string
-		want       Status
-		evidence   string
-	}{
-		{"kubespray: resolved.conf DNS=cluster IP only", map[string]string{
-			"etc/resolv.conf":                 stub,
-			"etc/systemd/resolved.conf":       kubesprayResolved,
-			"run/systemd/resolve/resolv.conf": "nameserver 10.233.0.3\n",
-		}, []string{"10.233.0.3"}, Fail, "10.233.0.3 (from /etc/systemd/resolved.conf, /run/systemd/resolve/resolv.conf)"},
-		{"drop-in adds an upstream after the cluster IP", map[string]string{
-			"etc/resolv.conf":                           stub,
-			"etc/systemd/resolved.conf":                 kubesprayResolved,
-			"etc/systemd/resolved.conf.d/upstream.conf": "[Resolve]\nDNS=192.0.2.53\n",
-		}, []string{"10.233.0.3"}, Warn, "192.0.2.53 (from /etc/systemd/resolved.conf.d/upstream.conf)"},
-		{"upstream first (resolvconf_extra_dns_servers before the cluster)", map[string]string{
-			"etc/resolv.conf":           stub,
-			"etc/systemd/resolved.conf": "[Resolve]\nDNS=192.0.2.53 10.233.0.3\n",
-		}, []string{"10.233.0.3"}, OK, ""},
-		{"plain resolv.conf, only the cluster IP", map[string]string{
-			"etc/resolv.conf": "search default.svc.cluster.local\nnameserver 10.233.0.3\n",
-		}, []string{"10.233.0.3"}, Fail, "/etc/resolv.conf resolves through 10.233.0.3"},
-		{"plain resolv.conf, no cluster IP", map[string]string{
-			"etc/resolv.conf": "nameserver 192.0.2.1\nnameserver 192.0.2.2\n",
-		}, []string{"10.233.0.3"}, OK, ""},
-		{"resolved, port and SNI forms", map[string]string{
-			"etc/resolv.conf":           stub,
-			"etc/systemd/resolved.conf": "[Resolve]\nDNS=10.233.0.3:53#cluster.local\n",
-		}, []string{"10.233.0.3"}, Fail, ""},
-		{"a DNS= outside [Resolve] does not count", map[string]string{
-			"etc/resolv.conf":           stub,
-			"etc/systemd/resolved.conf": "[Other]\nDNS=10.233.0.3\n[Resolve]\nDNS=192.0.2.53\n",
-		}, []string{"10.233.0.3"}, OK, ""},
-		{"cluster DNS unknown", map[string]string{"etc/resolv.conf": "nameserver 10.233.0.3\n"}, nil, Skip, ""},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			r, err := ReadResolvers(writeTree(t, tt.files))
-			if err != nil {
-				t.Fatal(err)
-			}
-			got := DNSLoop(r, tt.clusterDNS, []string{"--dns-fallback"})
-			if got.Status != tt.want {
-				t.Fatalf("status %s, want %s: %+v", got.Status, tt.want, got)
-			}
-			if tt.evidence != "" && !strings.Contains(strings.Join(got.Evidence, "\n"), tt.evidence) {
-				t.Errorf("evidence %q lacks %q", got.Evidence, tt.evidence)
-			}
-			if got.Status == Fail && (!strings.Contains(got.Fix, "upstream_dns_servers") || !strings.Contains(got.Fix, "--dns-fallback")) {
-				t.Errorf("fix %q should name the Kubespray setting and precache's remedies", got.Fix)
-			}
-		})
-	}
-}
-
-func TestReadResolversMissingResolvConf(t *testing.T) {
-	t.Parallel()
-	if _, err := ReadResolvers(t.TempDir()); err == nil {
-		t.Fatal("want an error for a root without /etc/resolv.conf")
-	}
 }
 
 func TestPinningSupported(t *testing.T) {
@@ -147,7 +81,7 @@ func TestContainerdCheck(t *testing.T) {
 func TestKubeletGCAndDisk(t *testing.T) {
 	t.Parallel()
 	root := writeTree(t, map[string]string{"var/lib/kubelet/config.yaml": "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nclusterDNS:\n- 10.233.0.3\nimageGCHighThresholdPercent: 70\n"})
-	k, err := ReadKubelet(filepath.Join(root, "var/lib/kubelet/config.yaml"))
+	k, err := ReadKubelet(hostfs.Root(root), "/var/lib/kubelet/config.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
