@@ -44,8 +44,10 @@ DNS needs its pod and image on the node, and a resolver outside the cluster to f
 whether the Calico images are present, complete, unpacked and pinned; whether a bundle is
 configured, readable and covers the running version; containerd (reachable, pinning support,
 the CRI's snapshotter, discard_unpacked_layers, registry config_path); disk space; the
-kubelet's image GC thresholds. The node's files are read under --root, links resolved
-inside it as on the node. Exit code: 0 all OK, 1 any WARN with --strict, 2 any FAIL.`,
+kubelet's image GC thresholds; whether the kubelet would re-check the images with the
+registry (imagePullCredentialsVerificationPolicy). The node's files are read under --root,
+links resolved inside it as on the node. Exit code: 0 all OK, 1 any WARN with --strict,
+2 any FAIL.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := outputFormat(output).validate(); err != nil {
@@ -202,6 +204,12 @@ func (a *app) doctor(ctx context.Context, set *setFlags, rootDir, kubeletConfig,
 		results = append(results, doctor.KubeletGC(kubelet, used, c.Reachable == nil && doctor.PinningSupported(c.Version)))
 	}
 
+	// 7. Whether the kubelet re-checks, with the registry, images it did not pull itself.
+	if kerr != nil {
+		results = append(results, doctor.Result{Check: "kubelet-pull-verification", Status: doctor.Skip, Summary: kerr.Error()})
+	} else {
+		results = append(results, doctor.PullVerification(kubelet, images, what))
+	}
 	return results
 }
 

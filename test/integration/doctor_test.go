@@ -273,6 +273,17 @@ func TestDoctor(t *testing.T) {
 		}
 	})
 
+	t.Run("the kubelet re-checks images the allowlist misses", func(t *testing.T) {
+		root := ubuntuNodeLocalRoot(t, "imagePullCredentialsVerificationPolicy: NeverVerifyAllowlistedImages\npreloadedImagesVerificationAllowlist:\n- docker.io/calico/node\n")
+		res, r := runDoctor(t, n, "--kubeconfig", adminKubecfg, "--root", root)
+		v := res["kubelet-pull-verification"]
+		evidence := strings.Join(v.Evidence, "\n")
+		if r.code != 2 || v.Status != doctor.Fail || !strings.Contains(v.Summary, "/etc/kubernetes/kubelet-config.yaml:8") ||
+			!strings.Contains(evidence, "not in the allowlist: docker.io/calico/cni:"+dockerVersion) || strings.Contains(evidence, "not in the allowlist: docker.io/calico/node:") {
+			t.Errorf("exit %d, kubelet-pull-verification %+v", r.code, v)
+		}
+	})
+
 	t.Run("images missing: FAIL naming them", func(t *testing.T) {
 		fresh := newNode(t)
 		root := kubesprayRoot(t, "[Resolve]\nDNS=192.0.2.53\n")
