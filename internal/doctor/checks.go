@@ -95,6 +95,9 @@ func ContainerdCheck(c Containerd) Result {
 	res := Result{Check: "containerd"}
 	if c.Reachable != nil {
 		res.Status, res.Summary = Fail, fmt.Sprintf("cannot reach containerd at %s: %v", c.Address, c.Reachable)
+		if strings.HasPrefix(c.Reachable.Error(), "cannot reach containerd") { // the adapter's message already says it
+			res.Summary = c.Reachable.Error()
+		}
 		res.Fix = "start containerd, or set --containerd-address"
 		return res
 	}

@@ -210,6 +210,9 @@ const (
 		"(the nodelocaldns ConfigMap's \".:53\" block then forwards there, over the host network); " +
 		"or resolvconf_mode: none, which leaves the node's own resolver alone; " +
 		"enable_nodelocaldns: false would make it worse (the node would resolve through the CoreDNS service, over the pod network). " + fallbackNote
+	fixNodeLocalUnknown = "check where node-local DNS forwards names outside the cluster (kubectl -n kube-system get configmap nodelocaldns: " +
+		"the \".:53\" block's forward); if it is /etc/resolv.conf, set Kubespray's upstream_dns_servers. Keep its image on the node with Calico's " +
+		"(precache agent --image %s, PRECACHE_IMAGES), or give the node a resolver of its own: Kubespray's resolvconf_mode: none. " + fallbackNote
 	fixNodeLocalPod = "keep node-local DNS's image on the node with Calico's (precache agent --image %s, PRECACHE_IMAGES), " +
 		"or give the node a resolver of its own: Kubespray's resolvconf_mode: none leaves the node's resolver alone. " + fallbackNote
 )
@@ -295,12 +298,13 @@ func Loop(r Resolvers, d ClusterDNS, remedies []string) Result {
 			first(cluster[0]))
 		res.Fix = withRemedies(fixService)
 	default:
-		nodeLocalVerdict(&res, d, cluster, first)
-		switch res.Status {
-		case Fail:
+		switch reaches := nodeLocalVerdict(&res, d, cluster, first); {
+		case res.Status == Fail:
 			res.Fix = withRemedies(fixNodeLocalLoop)
-		case Warn:
+		case reaches:
 			res.Fix = withRemedies(fmt.Sprintf(fixNodeLocalPod, d.image()))
+		default:
+			res.Fix = withRemedies(fmt.Sprintf(fixNodeLocalUnknown, d.image()))
 		}
 	}
 	return res
@@ -308,8 +312,9 @@ func Loop(r Resolvers, d ClusterDNS, remedies []string) Result {
 
 // nodeLocalVerdict: the node resolves only through the cluster, node-local DNS among it.
 // It depends on the node-local DNS pod (and its image) on this node, and on where that
-// pod sends names outside the cluster.
-func nodeLocalVerdict(res *Result, d ClusterDNS, cluster []string, first func(string) string) {
+// pod sends names outside the cluster. It reports whether that is known to reach a
+// resolver outside the cluster.
+func nodeLocalVerdict(res *Result, d ClusterDNS, cluster []string, first func(string) string) bool {
 	var nl string
 	for _, s := range cluster {
 		if d.role(s) == nodeLocal {
@@ -380,6 +385,7 @@ func nodeLocalVerdict(res *Result, d ClusterDNS, cluster []string, first func(st
 		res.Summary = fmt.Sprintf("the node resolves names only through node-local DNS (%s): the pod on this node, which sends names outside the cluster to %s. "+
 			"It runs without calico-node, but if it is lost, nothing on the node resolves the registry: its image (%s) must stay on the node too",
 			first(nl), strings.Join(out, ", "), d.image())
+		return true
 	case known && resolvConfKnown:
 		res.Status = Fail
 		dest := "nowhere"
@@ -397,6 +403,7 @@ func nodeLocalVerdict(res *Result, d ClusterDNS, cluster []string, first func(st
 		res.Summary = fmt.Sprintf("the node resolves names only through node-local DNS (%s), the pod on this node; whether it reaches a resolver outside the cluster "+
 			"could not be read — without upstream_dns_servers it sends names back into the cluster. Its image (%s) must stay on the node too", first(nl), d.image())
 	}
+	return false
 }
 
 // forwardHost is the address of a CoreDNS forward target ("dns://1.1.1.1:53", "tls://…").

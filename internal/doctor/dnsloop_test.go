@@ -216,6 +216,7 @@ func TestDNSLoopShapes(t *testing.T) {
 				"where node-local DNS forwards names outside the cluster is unknown",
 				"/run/systemd/resolve/resolv.conf: 169.254.25.10 (node-local DNS)",
 			},
+			fix: []string{"kubectl -n kube-system get configmap nodelocaldns", "set Kubespray's upstream_dns_servers", "--image registry.k8s.io/dns/k8s-dns-node-cache"},
 		},
 		{
 			name: "node-local DNS, no API, the kubelet's resolvConf names a resolver outside the cluster",
