@@ -130,3 +130,72 @@ func DefaultRegistry(v Version, variant Variant) string {
 	}
 	return "quay.io"
 }
+
+// Describe fills img's Component, Role and Optional from the catalog when the last element
+// of its repository is a Calico component's name, with or without the operator's
+// imagePrefix ("…/calico/node", "…/calico/myprefix-node"). ok is false for other images.
+func Describe(img Image, prefix string) (Image, bool) {
+	base := img.Ref.Base()
+	for _, c := range components {
+		if base == c.name || prefix != "" && base == prefix+c.name {
+			img.Component, img.Role, img.Optional = c.name, c.role, c.optional
+			return img, true
+		}
+	}
+	return img, false
+}
+
+// ComponentIn is the component that plays component's part in release v: the same one
+// while v ships it, "calico" once v has folded it into the one image (v3.33 on). ok is
+// false when v ships neither (e.g. the operator's csi in a manifest install).
+func ComponentIn(component string, v Version, variant Variant) (string, bool) {
+	for _, c := range components {
+		if c.name != component {
+			continue
+		}
+		if c.in(v, variant) {
+			return c.name, true
+		}
+		if c.until != 0 && v.Minor > c.until {
+			for _, one := range components {
+				if one.name == "calico" && one.in(v, variant) {
+					return one.name, true
+				}
+			}
+		}
+		return "", false
+	}
+	return "", false
+}
+
+// CompareVersions orders two releases written vMAJOR.MINOR.PATCH[-suffix], whether or not
+// the catalog covers them: -1 if a is older, 0 if equal, +1 if newer. A pre-release sorts
+// before its release. ok is false when either is not a version.
+func CompareVersions(a, b string) (cmp int, ok bool) {
+	ma, mb := versionRE.FindStringSubmatch(strings.TrimSpace(a)), versionRE.FindStringSubmatch(strings.TrimSpace(b))
+	if ma == nil || mb == nil {
+		return 0, false
+	}
+	for i := 1; i <= 3; i++ {
+		x, _ := strconv.Atoi(ma[i])
+		y, _ := strconv.Atoi(mb[i])
+		if x != y {
+			if x < y {
+				return -1, true
+			}
+			return 1, true
+		}
+	}
+	switch sa, sb := ma[4], mb[4]; {
+	case sa == sb:
+		return 0, true
+	case sa == "":
+		return 1, true
+	case sb == "":
+		return -1, true
+	case sa < sb:
+		return -1, true
+	default:
+		return 1, true
+	}
+}

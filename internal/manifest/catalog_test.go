@@ -248,3 +248,98 @@ func TestCatalogDefaultVariantIsManifest(t *testing.T) {
 		t.Errorf("Build without a variant:\n got %v\nwant the manifest set %v", Names(def), Names(man))
 	}
 }
+
+func TestDescribe(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, ref, prefix, component string
+		optional, ok                 bool
+	}{
+		{name: "manifest node", ref: "docker.io/calico/node:v3.30.2", component: "node", ok: true},
+		{name: "digest only", ref: "quay.io/calico/csi@sha256:" + strings.Repeat("a", 64), component: "csi", ok: true},
+		{name: "operator prefix", ref: "registry.local:5000/mirror/my-typha:v3.30.2", prefix: "my-", component: "typha", ok: true},
+		{name: "optional whisker", ref: "quay.io/calico/whisker:v3.30.2", component: "whisker", optional: true, ok: true},
+		{name: "one image from v3.33", ref: "quay.io/calico/calico:v3.33.0", component: "calico", ok: true},
+		{name: "not Calico's", ref: "registry.k8s.io/pause:3.10"},
+		{name: "prefix not given", ref: "quay.io/calico/my-typha:v3.30.2"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			img, ok := Describe(Image{Ref: MustParseRef(tt.ref), Source: "spec"}, tt.prefix)
+			if ok != tt.ok || img.Component != tt.component || img.Optional != tt.optional || ok && img.Role == "" {
+				t.Errorf("Describe(%s) = %+v, %t; want component %q optional %t, %t", tt.ref, img, ok, tt.component, tt.optional, tt.ok)
+			}
+			if img.Source != "spec" || img.Ref.String() != MustParseRef(tt.ref).String() {
+				t.Errorf("Describe changed the reference or source: %+v", img)
+			}
+		})
+	}
+}
+
+func TestComponentIn(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		component, version string
+		variant            Variant
+		want               string
+		ok                 bool
+	}{
+		{"cni", "v3.31.0", VariantManifest, "cni", true},
+		{"typha", "v3.32.1", VariantOperator, "typha", true},
+		{"cni", "v3.33.0", VariantManifest, "calico", true},
+		{"kube-controllers", "v3.33.0", VariantOperator, "calico", true},
+		{"node", "v3.33.0", VariantManifest, "node", true},
+		{"whisker", "v3.33.0", VariantOperator, "whisker", true},
+		{"csi", "v3.31.0", VariantManifest, "", false},
+		{"goldmane", "v3.29.0", VariantOperator, "", false},
+		{"unknown", "v3.30.0", VariantOperator, "", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.component+"@"+tt.version+"/"+string(tt.variant), func(t *testing.T) {
+			t.Parallel()
+			got, ok := ComponentIn(tt.component, mustVersion(t, tt.version), tt.variant)
+			if got != tt.want || ok != tt.ok {
+				t.Errorf("ComponentIn(%s, %s, %s) = %q, %t; want %q, %t", tt.component, tt.version, tt.variant, got, ok, tt.want, tt.ok)
+			}
+		})
+	}
+}
+
+func mustVersion(t *testing.T, s string) Version {
+	t.Helper()
+	v, err := ParseVersion(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func TestCompareVersions(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		a, b string
+		want int
+		ok   bool
+	}{
+		{"v3.30.2", "v3.31.0", -1, true},
+		{"v3.31.0", "v3.30.2", 1, true},
+		{"v3.30.10", "v3.30.9", 1, true},
+		{"3.30.2", "v3.30.2", 0, true},
+		{"v3.33.0-0.dev", "v3.33.0", -1, true},
+		{"v3.33.0", "v3.33.0-0.dev", 1, true},
+		{"v3.33.0-rc1", "v3.33.0-rc2", -1, true},
+		{"v3.40.0", "v3.23.0", 1, true}, // outside the catalog: still ordered
+		{"latest", "v3.30.2", 0, false},
+		{"v3.30.2", "", 0, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.a+" vs "+tt.b, func(t *testing.T) {
+			t.Parallel()
+			got, ok := CompareVersions(tt.a, tt.b)
+			if got != tt.want || ok != tt.ok {
+				t.Errorf("CompareVersions(%q, %q) = %d, %t; want %d, %t", tt.a, tt.b, got, ok, tt.want, tt.ok)
+			}
+		})
+	}
+}

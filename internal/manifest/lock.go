@@ -142,6 +142,11 @@ func ApplyLock(set []Image, l *Lock, source string) ([]Image, error) {
 		if img.Ref.Digest != "" && img.Ref.Digest != d {
 			return nil, fmt.Errorf("%s: the reference names digest %s but %s locks %s", img.Ref, img.Ref.Digest, source, d)
 		}
+		if img.ByDigest {
+			// The reference names this very digest (a spec's name@sha256:…, which discovery
+			// also gives the release's tag): it is still pulled by it, as the kubelet would.
+			continue
+		}
 		out[i].Ref.Digest = d
 		out[i].DigestSource = source
 		out[i].ByDigest = false // a lock's digest is checked against the tag

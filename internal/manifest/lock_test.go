@@ -230,6 +230,7 @@ func TestApplyLock(t *testing.T) {
 	lock := &Lock{Version: LockVersion, Images: map[string]digest.Digest{
 		"docker.io/calico/node:v3.28.1": dNode,
 		"docker.io/calico/cni:v3.28.1":  dCNI,
+		"quay.io/calico/node:v3.28.1":   dNode,
 	}}
 	img := func(ref string) Image { return Image{Ref: MustParseRef(ref), Source: "catalog"} }
 	locked := func(ref string, d digest.Digest) Image {
@@ -240,6 +241,11 @@ func TestApplyLock(t *testing.T) {
 	withDigest := func(ref string, d digest.Digest) Image {
 		i := img(ref)
 		i.Ref.Digest = d
+		return i
+	}
+	byOwnDigest := func(ref string, d digest.Digest) Image {
+		i := withDigest(ref, d)
+		i.DigestSource, i.ByDigest, i.TagSource = "DaemonSet calico-system/calico-node", true, "ImageSet calico-v3.28.1"
 		return i
 	}
 	tests := []struct {
@@ -262,6 +268,13 @@ func TestApplyLock(t *testing.T) {
 			name: "reference digest that agrees with the lock",
 			set:  []Image{withDigest("calico/node:v3.28.1", dNode)},
 			want: []Image{locked("calico/node:v3.28.1", dNode)},
+		},
+		{
+			// Discovery gives an operator's name@sha256:… its release's tag; the lock keyed
+			// by that tag must not turn the pull by digest into a pull by tag.
+			name: "a reference pulled by its own digest stays pulled by it when the lock agrees",
+			set:  []Image{byOwnDigest("quay.io/calico/node:v3.28.1", dNode)},
+			want: []Image{byOwnDigest("quay.io/calico/node:v3.28.1", dNode)},
 		},
 		{
 			name:    "reference digest that conflicts with the lock",

@@ -23,6 +23,10 @@ type Image struct {
 	Source string `json:"source"`
 	// DigestSource says where Ref.Digest came from, if set.
 	DigestSource string `json:"digestSource,omitempty"`
+	// TagSource says where Ref.Tag came from when the reference in use names only a digest
+	// (the operator with an ImageSet renders "quay.io/calico/node@sha256:…"): the tag is
+	// the release's, so the image is also recorded under the name people look for.
+	TagSource string `json:"tagSource,omitempty"`
 	// ByDigest: pull by the digest, as the kubelet does for a reference that names one
 	// (a spec's name@sha256:…, the operator's ImageSet). Otherwise an expected digest (a
 	// lock) is checked against what the tag resolves to, so a moved tag is reported.
