@@ -63,7 +63,12 @@ func newImagesCommand(a *app) *cobra.Command {
 				if img.Optional {
 					opt = "optional"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", img.Ref.Display(), comp, opt, exp, img.Source)
+				src := img.Source
+				if img.TagSource != "" {
+					// The cluster names the image by digest only; say where its tag comes from.
+					src += "; tag from " + img.TagSource
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", img.Ref.Display(), comp, opt, exp, src)
 			}
 			return tw.Flush()
 		},

@@ -35,9 +35,10 @@ type Clients struct {
 
 // Read fills a Snapshot with GETs and LISTs restricted to the objects discovery needs.
 // Missing objects and missing CRDs are normal (a manifest install has no Installation);
-// a forbidden or failing read is an error.
+// a forbidden or failing read is an error. The snapshot is Complete: a workload that is
+// not there does not run.
 func Read(ctx context.Context, c Clients) (Snapshot, error) {
-	var s Snapshot
+	s := Snapshot{Complete: true}
 	for _, ns := range Namespaces {
 		ds, err := c.Kube.AppsV1().DaemonSets(ns).Get(ctx, "calico-node", metav1.GetOptions{})
 		if err := ignoreNotFound(err); err != nil {
@@ -162,6 +163,7 @@ func FromInstallation(u *unstructured.Unstructured) *Installation {
 	in.Registry, _, _ = unstructured.NestedString(u.Object, "status", "computed", "registry")
 	in.ImagePath, _, _ = unstructured.NestedString(u.Object, "status", "computed", "imagePath")
 	in.ImagePrefix, _, _ = unstructured.NestedString(u.Object, "status", "computed", "imagePrefix")
+	in.ImageSet, _, _ = unstructured.NestedString(u.Object, "status", "imageSet")
 	return in
 }
 
