@@ -8,10 +8,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
 
+	digest "github.com/opencontainers/go-digest"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -24,7 +26,9 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
+	"github.com/precache/precache/internal/cache"
 	"github.com/precache/precache/internal/cluster"
+	"github.com/precache/precache/internal/manifest"
 	"github.com/precache/precache/test/testenv"
 )
 
@@ -132,57 +136,103 @@ func applyYAML(files ...string) error {
 
 // ---- Calico-shaped objects -------------------------------------------------------------
 
-func podSpec(init, main map[string]string) corev1.PodTemplateSpec {
+// releaseImage matches the image references of the release manifests in testdata/calico.
+var releaseImage = regexp.MustCompile(`(docker\.io|quay\.io)/calico/([a-z0-9-]+):v3\.[0-9]+\.[0-9]+`)
+
+// applyRelease creates the workloads of a release manifest kept in testdata/calico (the
+// DaemonSets and Deployments of projectcalico/calico's manifests/calico.yaml or
+// calico-typha.yaml at the release in the file's name, verbatim), their images moved to
+// registry and version as Kubespray's calico_*_image_repo and calico_version would, and
+// deletes them when the test ends.
+func applyRelease(t *testing.T, file, registry, version string) {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("testdata", "calico", file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	data = releaseImage.ReplaceAll(data, []byte(registry+"/calico/${2}:"+version))
+	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
+	for {
+		var u unstructured.Unstructured
+		if err := dec.Decode(&u.Object); err != nil {
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			t.Fatalf("%s: %v", file, err)
+		}
+		if len(u.Object) == 0 {
+			continue
+		}
+		gvr := schema.GroupVersionResource{Group: "apps", Version: "v1", Resource: strings.ToLower(u.GetKind()) + "s"}
+		ri := dynamicClient.Resource(gvr).Namespace(u.GetNamespace())
+		if _, err := ri.Create(t.Context(), &u, metav1.CreateOptions{}); err != nil {
+			t.Fatalf("%s: %s %s: %v", file, u.GetKind(), u.GetName(), err)
+		}
+		name := u.GetName()
+		t.Cleanup(func() { _ = ri.Delete(testContext(), name, metav1.DeleteOptions{}) })
+	}
+}
+
+// manifestInstall creates what calico-typha.yaml (calico.yaml plus a typha Deployment)
+// creates in kube-system, at registry and version, and the ClusterInformation calico-node
+// writes when it starts.
+func manifestInstall(t *testing.T, registry, version string) {
+	t.Helper()
+	applyRelease(t, "calico-typha-v3.30.2.yaml", registry, version)
+	createCR(t, cluster.ClusterInformationV1, "default", map[string]any{"spec": map[string]any{"calicoVersion": version}})
+}
+
+// container is one container of a rendered pod template.
+type container struct{ name, image string }
+
+func podTemplate(app string, init, main []container) corev1.PodTemplateSpec {
 	var spec corev1.PodSpec
-	for _, name := range sortedKeys(init) {
-		spec.InitContainers = append(spec.InitContainers, corev1.Container{Name: name, Image: init[name]})
+	for _, c := range init {
+		spec.InitContainers = append(spec.InitContainers, corev1.Container{Name: c.name, Image: c.image})
 	}
-	for _, name := range sortedKeys(main) {
-		spec.Containers = append(spec.Containers, corev1.Container{Name: name, Image: main[name]})
+	for _, c := range main {
+		spec.Containers = append(spec.Containers, corev1.Container{Name: c.name, Image: c.image})
 	}
-	return corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"k8s-app": "calico"}}, Spec: spec}
+	return corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"k8s-app": app}}, Spec: spec}
 }
 
-func sortedKeys(m map[string]string) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	slices.Sort(out)
-	return out
-}
-
-func daemonSet(ns, name string, init, main map[string]string) *appsv1.DaemonSet {
+func daemonSet(ns, name string, init, main []container) *appsv1.DaemonSet {
 	return &appsv1.DaemonSet{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
 		Spec: appsv1.DaemonSetSpec{
-			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"k8s-app": "calico"}},
-			Template: podSpec(init, main),
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"k8s-app": name}},
+			Template: podTemplate(name, init, main),
 		},
 	}
 }
 
-func deployment(ns, name string, main map[string]string) *appsv1.Deployment {
+func deployment(ns, name string, main ...container) *appsv1.Deployment {
 	return &appsv1.Deployment{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
 		Spec: appsv1.DeploymentSpec{
-			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"k8s-app": "calico"}},
-			Template: podSpec(nil, main),
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"k8s-app": name}},
+			Template: podTemplate(name, nil, main),
 		},
 	}
 }
 
-// manifestInstall creates what calico.yaml (and Kubespray) creates in kube-system.
-func manifestInstall(t *testing.T, registry, version string) {
+// operatorWorkloads creates what tigera-operator renders in calico-system for a default
+// Installation (no BPF, no certificate management), with the names its renderers use
+// (tigera/operator pkg/render/node.go, csi.go, typha.go, kubecontrollers at v1.38.3);
+// ref gives each component's image reference.
+func operatorWorkloads(t *testing.T, ref func(component string) string) {
 	t.Helper()
-	img := func(c string) string { return registry + "/calico/" + c + ":" + version }
-	createDS(t, daemonSet("kube-system", "calico-node",
-		map[string]string{"upgrade-ipam": img("cni"), "install-cni": img("cni"), "mount-bpffs": img("node")},
-		map[string]string{"calico-node": img("node")}))
-	createDeploy(t, deployment("kube-system", "calico-kube-controllers", map[string]string{"calico-kube-controllers": img("kube-controllers")}))
-	createDeploy(t, deployment("kube-system", "calico-typha", map[string]string{"calico-typha": img("typha")}))
-	createCR(t, cluster.ClusterInformationV1, "default", map[string]any{"spec": map[string]any{"calicoVersion": version}})
+	createDS(t, daemonSet("calico-system", "calico-node",
+		[]container{{"flexvol-driver", ref("pod2daemon-flexvol")}, {"install-cni", ref("cni")}},
+		[]container{{"calico-node", ref("node")}}))
+	createDS(t, daemonSet("calico-system", "csi-node-driver", nil,
+		[]container{{"calico-csi", ref("csi")}, {"csi-node-driver-registrar", ref("node-driver-registrar")}}))
+	createDeploy(t, deployment("calico-system", "calico-kube-controllers", container{"calico-kube-controllers", ref("kube-controllers")}))
+	createDeploy(t, deployment("calico-system", "calico-typha", container{"calico-typha", ref("typha")}))
 }
+
+// operatorComponents are the images operatorWorkloads runs.
+var operatorComponents = []string{"cni", "csi", "kube-controllers", "node", "node-driver-registrar", "pod2daemon-flexvol", "typha"}
 
 func createDS(t *testing.T, ds *appsv1.DaemonSet) {
 	t.Helper()
@@ -217,7 +267,27 @@ func createCR(t *testing.T, gvr schema.GroupVersionResource, name string, fields
 	t.Cleanup(func() { _ = dynamicClient.Resource(gvr).Delete(testContext(), name, metav1.DeleteOptions{}) })
 }
 
-// discovered is `precache images -o json` with a kubeconfig.
+// imageSetCR creates the ImageSet calico-<version> (api/v1/imageset_types.go at
+// tigera/operator v1.38.3: spec.images[] {image: "calico/node", digest}).
+func imageSetCR(t *testing.T, version string, digests map[string]string) {
+	t.Helper()
+	var images []any
+	for _, c := range sortedKeys(digests) {
+		images = append(images, map[string]any{"image": "calico/" + c, "digest": digests[c]})
+	}
+	createCR(t, cluster.ImageSets, "calico-"+version, map[string]any{"spec": map[string]any{"images": images}})
+}
+
+func sortedKeys(m map[string]string) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// discoveredJSON is `precache images -o json` with a kubeconfig.
 type discoveredJSON struct {
 	Version       string   `json:"version"`
 	Variant       string   `json:"variant"`
@@ -226,6 +296,8 @@ type discoveredJSON struct {
 		Ref          string `json:"ref"`
 		Source       string `json:"source"`
 		DigestSource string `json:"digestSource"`
+		TagSource    string `json:"tagSource"`
+		ByDigest     bool   `json:"byDigest"`
 	} `json:"images"`
 }
 
@@ -252,19 +324,34 @@ func imageRefs(d discoveredJSON) []string {
 	return out
 }
 
+func sortedRefs(refs ...string) []string {
+	slices.Sort(refs)
+	return refs
+}
+
 // ---- tests -------------------------------------------------------------------------------
 
+// TestDiscoveryManifestInstall: the workloads of the release manifests, as they are. The
+// set is what they run: calico.yaml has no typha Deployment, so no typha.
 func TestDiscoveryManifestInstall(t *testing.T) {
-	for _, tc := range []struct{ registry, want string }{
-		{"docker.io", "docker.io"},
-		{"registry.local:5000/kubespray", "registry.local:5000/kubespray"},
+	for _, tc := range []struct {
+		name, file, registry, version string
+		want                          []string
+	}{
+		{"calico.yaml v3.30.2", "calico-v3.30.2.yaml", "docker.io", "v3.30.2",
+			[]string{"docker.io/calico/cni:v3.30.2", "docker.io/calico/kube-controllers:v3.30.2", "docker.io/calico/node:v3.30.2"}},
+		{"calico.yaml v3.31.0", "calico-v3.31.0.yaml", "quay.io", "v3.31.0",
+			[]string{"quay.io/calico/cni:v3.31.0", "quay.io/calico/kube-controllers:v3.31.0", "quay.io/calico/node:v3.31.0"}},
+		{"Kubespray custom repos", "calico-v3.30.2.yaml", "registry.local:5000/kubespray", "v3.30.2",
+			[]string{"registry.local:5000/kubespray/calico/cni:v3.30.2", "registry.local:5000/kubespray/calico/kube-controllers:v3.30.2", "registry.local:5000/kubespray/calico/node:v3.30.2"}},
+		{"calico-typha.yaml v3.30.2", "calico-typha-v3.30.2.yaml", "docker.io", "v3.30.2",
+			[]string{"docker.io/calico/cni:v3.30.2", "docker.io/calico/kube-controllers:v3.30.2", "docker.io/calico/node:v3.30.2", "docker.io/calico/typha:v3.30.2"}},
 	} {
-		t.Run(tc.registry, func(t *testing.T) {
-			manifestInstall(t, tc.registry, "v3.28.1")
+		t.Run(tc.name, func(t *testing.T) {
+			applyRelease(t, tc.file, tc.registry, tc.version)
 			d := discover(t, adminKubecfg)
-			want := []string{tc.want + "/calico/cni:v3.28.1", tc.want + "/calico/kube-controllers:v3.28.1", tc.want + "/calico/node:v3.28.1", tc.want + "/calico/typha:v3.28.1"}
-			if got := imageRefs(d); d.Version != "v3.28.1" || d.Variant != "manifest" || !slices.Equal(got, want) {
-				t.Fatalf("discovered %s %s %v\nwant v3.28.1 manifest %v", d.Version, d.Variant, got, want)
+			if got := imageRefs(d); d.Version != tc.version || d.Variant != "manifest" || !slices.Equal(got, tc.want) {
+				t.Fatalf("discovered %s %s %v\nwant %s manifest %v", d.Version, d.Variant, got, tc.version, tc.want)
 			}
 			for _, img := range d.Images {
 				if !strings.Contains(img.Source, "kube-system/calico-") {
@@ -275,55 +362,100 @@ func TestDiscoveryManifestInstall(t *testing.T) {
 	}
 }
 
+// TestDiscoveryOperatorInstall: what tigera-operator renders. Without an ImageSet its
+// references carry the release's tag; with one they carry only the ImageSet's digest
+// (GetReference in tigera/operator pkg/components/references.go at v1.38.3 appends
+// ":<version>" only when there is no ImageSet). Either way discovery finds v3.30.2 and
+// the seven images the workloads run; digest-only ones get the release's tag and are
+// pulled by their digest.
 func TestDiscoveryOperatorInstall(t *testing.T) {
-	for _, registry := range []string{"quay.io", "registry.local:5000/tigera-mirror"} {
-		t.Run(registry, func(t *testing.T) { operatorInstall(t, registry) })
-	}
-}
-
-func operatorInstall(t *testing.T, registry string) {
 	const v = "v3.30.2"
-	q := func(c string) string { return registry + "/calico/" + c + ":" + v }
-	createDS(t, daemonSet("calico-system", "calico-node",
-		map[string]string{"flexvol-driver": q("pod2daemon-flexvol"), "install-cni": q("cni")},
-		map[string]string{"calico-node": q("node")}))
-	createDS(t, daemonSet("calico-system", "csi-node-driver", nil, map[string]string{"calico-csi": q("csi"), "csi-node-driver-registrar": q("node-driver-registrar")}))
-	createDeploy(t, deployment("calico-system", "calico-kube-controllers", map[string]string{"calico-kube-controllers": q("kube-controllers")}))
-	createDeploy(t, deployment("calico-system", "calico-typha", map[string]string{"calico-typha": q("typha")}))
-	createDeploy(t, deployment("tigera-operator", "tigera-operator", map[string]string{"tigera-operator": "quay.io/tigera/operator:v1.38.3"}))
-	createCR(t, cluster.Installations, "default", map[string]any{"spec": map[string]any{}, "status": map[string]any{
-		"calicoVersion": v, "variant": "Calico", "computed": map[string]any{"registry": registry + "/", "imagePath": "calico"}}})
-	nodeDigest := "sha256:" + strings.Repeat("a", 64)
-	csiDigest := "sha256:" + strings.Repeat("b", 64)
-	createCR(t, cluster.ImageSets, "calico-"+v, map[string]any{"spec": map[string]any{"images": []any{
-		map[string]any{"image": "calico/node", "digest": nodeDigest},
-		map[string]any{"image": "calico/csi", "digest": csiDigest},
-	}}})
-
-	d := discover(t, adminKubecfg)
-	if d.Version != v || d.Variant != "operator" {
-		t.Fatalf("discovered %s %s, want %s operator", d.Version, d.Variant, v)
-	}
-	// The specs' images, the rest of the operator's set from the catalog under the same
-	// registry, and the ImageSet's digests.
-	want := []string{
-		q("cni"), q("csi") + "@" + csiDigest, q("goldmane"), q("key-cert-provisioner"), q("kube-controllers"),
-		q("node") + "@" + nodeDigest, q("node-driver-registrar"), q("pod2daemon-flexvol"), q("typha"),
-		q("apiserver"), q("whisker"), q("whisker-backend"),
-	}
-	slices.Sort(want)
-	if got := imageRefs(d); !slices.Equal(got, want) {
-		t.Fatalf("images\n got %v\nwant %v", got, want)
+	dg := func(c string) string { return digest.FromString(c + v).String() }
+	for _, registry := range []string{"quay.io", "registry.local:5000/tigera-mirror"} {
+		t.Run(registry+" tags", func(t *testing.T) {
+			operatorWorkloads(t, func(c string) string { return registry + "/calico/" + c + ":" + v })
+			createCR(t, cluster.Installations, "default", map[string]any{"spec": map[string]any{}, "status": map[string]any{
+				"calicoVersion": v, "variant": "Calico", "computed": map[string]any{"registry": registry + "/", "imagePath": "calico"}}})
+			d := discover(t, adminKubecfg)
+			var want []string
+			for _, c := range operatorComponents {
+				want = append(want, registry+"/calico/"+c+":"+v)
+			}
+			slices.Sort(want)
+			if got := imageRefs(d); d.Version != v || d.Variant != "operator" || !slices.Equal(got, want) {
+				t.Fatalf("discovered %s %s %v\nwant %s operator %v", d.Version, d.Variant, got, v, want)
+			}
+		})
+		t.Run(registry+" ImageSet", func(t *testing.T) {
+			operatorWorkloads(t, func(c string) string { return registry + "/calico/" + c + "@" + dg(c) })
+			createCR(t, cluster.Installations, "default", map[string]any{"spec": map[string]any{}, "status": map[string]any{
+				"calicoVersion": v, "variant": "Calico", "imageSet": "calico-" + v}})
+			digests := map[string]string{}
+			for _, c := range operatorComponents {
+				digests[c] = dg(c)
+			}
+			imageSetCR(t, v, digests)
+			createDeploy(t, deployment("tigera-operator", "tigera-operator", container{"tigera-operator", "quay.io/tigera/operator:v1.38.3"}))
+			d := discover(t, adminKubecfg)
+			var want []string
+			for _, c := range operatorComponents {
+				want = append(want, registry+"/calico/"+c+":"+v+"@"+dg(c))
+			}
+			slices.Sort(want)
+			if got := imageRefs(d); d.Version != v || d.Variant != "operator" || !slices.Equal(got, want) {
+				t.Fatalf("discovered %s %s %v\nwant %s operator %v", d.Version, d.Variant, got, v, want)
+			}
+			for _, img := range d.Images {
+				if !img.ByDigest || !strings.Contains(img.TagSource, "calico-"+v) {
+					t.Errorf("%s: byDigest %t, tag from %q; want by digest, the tag from the ImageSet", img.Ref, img.ByDigest, img.TagSource)
+				}
+			}
+			// The table shows the tag name, the digest it is pulled by and where the tag comes from.
+			n := &node{t: t, Containerd: &testenv.Containerd{Address: "/nonexistent"}}
+			r := n.precache(nil, "images", "--kubeconfig", adminKubecfg)
+			var row string
+			for _, line := range strings.Split(r.stdout, "\n") {
+				if strings.HasPrefix(line, registry+"/calico/node:"+v+" ") {
+					row = line
+				}
+			}
+			if r.code != 0 || !strings.Contains(row, dg("node")[:len("sha256:")+12]) || !strings.Contains(row, "tag from imagesets.operator.tigera.io calico-"+v) {
+				t.Errorf("table row for calico/node %q; want the tag name, the digest and where the tag comes from:\n%s", row, r.stdout)
+			}
+		})
 	}
 }
 
+// TestDiscoveryMidUpgrade: Kubespray applies calico-node first; the kube-controllers
+// Deployment and the running pods still say the old release. The set is both releases'
+// kube-controllers (the new one on the new default registry) and the new calico-node's
+// images, never a typha nobody runs; the disagreement is shown.
 func TestDiscoveryMidUpgrade(t *testing.T) {
-	img := func(c string) string { return "docker.io/calico/" + c + ":v3.29.1" }
-	createDS(t, daemonSet("kube-system", "calico-node", map[string]string{"install-cni": img("cni")}, map[string]string{"calico-node": img("node")}))
-	createCR(t, cluster.ClusterInformationV1, "default", map[string]any{"spec": map[string]any{"calicoVersion": "v3.28.1"}})
+	applyRelease(t, "calico-v3.30.2.yaml", "docker.io", "v3.30.2")
+	createCR(t, cluster.ClusterInformationV1, "default", map[string]any{"spec": map[string]any{"calicoVersion": "v3.30.2"}})
+	ds, err := kubeClient.AppsV1().DaemonSets("kube-system").Get(t.Context(), "calico-node", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	move := func(cs []corev1.Container) {
+		for i := range cs {
+			cs[i].Image = strings.Replace(strings.Replace(cs[i].Image, "docker.io/", "quay.io/", 1), "v3.30.2", "v3.31.0", 1)
+		}
+	}
+	move(ds.Spec.Template.Spec.InitContainers)
+	move(ds.Spec.Template.Spec.Containers)
+	if _, err := kubeClient.AppsV1().DaemonSets("kube-system").Update(t.Context(), ds, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
 	d := discover(t, adminKubecfg)
-	if d.Version != "v3.29.1" || len(d.Disagreements) != 1 || !strings.Contains(d.Disagreements[0], "v3.28.1") {
-		t.Fatalf("version %s, disagreements %v: want v3.29.1 (the DaemonSet) and the ClusterInformation's v3.28.1 reported", d.Version, d.Disagreements)
+	want := sortedRefs("docker.io/calico/kube-controllers:v3.30.2",
+		"quay.io/calico/cni:v3.31.0", "quay.io/calico/kube-controllers:v3.31.0", "quay.io/calico/node:v3.31.0")
+	if got := imageRefs(d); d.Version != "v3.31.0" || !slices.Equal(got, want) {
+		t.Fatalf("discovered %s %v\nwant v3.31.0 %v", d.Version, got, want)
+	}
+	if len(d.Disagreements) != 2 || !strings.Contains(strings.Join(d.Disagreements, "\n"), "clusterinformations") {
+		t.Fatalf("disagreements %v: want the kube-controllers Deployment's and the ClusterInformation's v3.30.2", d.Disagreements)
 	}
 	n := &node{t: t, Containerd: &testenv.Containerd{Address: "/nonexistent"}}
 	r := n.precache(nil, "images", "--kubeconfig", adminKubecfg)
@@ -391,5 +523,54 @@ func TestBootstrapFromCluster(t *testing.T) {
 	r = fresh.precache(append(dead, "PRECACHE_STATE_FILE="+filepath.Join(t.TempDir(), "none.json")), "bootstrap", "--bundle", bundleFile)
 	if r.code != 0 || !strings.Contains(r.stdout, "image set: the lock inside "+bundleFile) || !strings.Contains(r.stdout, "4 pulled") {
 		t.Fatalf("fallback to the bundle's lock: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+}
+
+// TestBootstrapOperatorImageSet: an operator install with an ImageSet, whose workloads
+// name every image by digest only (GetReference in tigera/operator
+// pkg/components/references.go at v1.38.3). `precache images` finds the release, and a
+// bootstrap pulls each image by its digest and records it under both names: "repo:tag"
+// and "repo@sha256:…", the one the kubelet looks up for such a spec.
+func TestBootstrapOperatorImageSet(t *testing.T) {
+	const v = "v3.30.2"
+	pushed, err := reg.PushCalico(t.Context(), v, manifest.VariantOperator, testenv.ImageSpec{Seed: 60})
+	if err != nil {
+		t.Fatal(err)
+	}
+	digests := map[string]string{}
+	for _, c := range operatorComponents {
+		d, ok := pushed["quay.io/calico/"+c+":"+v]
+		if !ok {
+			t.Fatalf("calico/%s:%s not pushed; pushed %v", c, v, sortedKeys(pushed))
+		}
+		digests[c] = d
+	}
+	operatorWorkloads(t, func(c string) string { return "quay.io/calico/" + c + "@" + digests[c] })
+	createCR(t, cluster.Installations, "default", map[string]any{"spec": map[string]any{}, "status": map[string]any{
+		"calicoVersion": v, "variant": "Calico", "imageSet": "calico-" + v}})
+	imageSetCR(t, v, digests)
+	createDeploy(t, deployment("tigera-operator", "tigera-operator", container{"tigera-operator", "quay.io/tigera/operator:v1.38.3"}))
+
+	d := discover(t, adminKubecfg)
+	if d.Version != v || len(d.Images) != len(operatorComponents) {
+		t.Fatalf("discovered %s %v, want %s and the %d images the workloads run", d.Version, imageRefs(d), v, len(operatorComponents))
+	}
+
+	n := newNode(t)
+	r := n.precache(nil, "bootstrap", "--kubeconfig", adminKubecfg)
+	if r.code != 0 || !strings.Contains(r.stdout, "Calico "+v+" (operator)") || !strings.Contains(r.stdout, fmt.Sprintf("%d pulled", len(operatorComponents))) {
+		t.Fatalf("bootstrap: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	names := n.imageNames()
+	for _, c := range operatorComponents {
+		tagName, digestName := "quay.io/calico/"+c+":"+v, "quay.io/calico/"+c+"@"+digests[c]
+		n.assertRight(tagName, digests[c])
+		if !slices.Contains(names, digestName) {
+			t.Errorf("no record %s (what the kubelet looks up for the spec); records %v", digestName, names)
+			continue
+		}
+		if rec := n.image(digestName); rec.Target.Digest.String() != digests[c] || rec.Labels[cache.LabelCRIPinned] != "pinned" {
+			t.Errorf("%s: target %s labels %v, want %s pinned", digestName, rec.Target.Digest, rec.Labels, digests[c])
+		}
 	}
 }
