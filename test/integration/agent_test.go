@@ -10,11 +10,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/platforms"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -289,4 +293,283 @@ func nodeEvent(t *testing.T, node, typ, reason string) error {
 		}
 	}
 	return fmt.Errorf("no %s event for node %s; events: %v", typ, node, seen)
+}
+
+// TestAgentRepairsWhatContainerdLoses: with the resync an hour away, a wanted record
+// deleted in containerd (one name, then all three with their content collected, as
+// `crictl rmi` and the kubelet's image GC do) is back, pinned, within seconds: the agent
+// follows containerd's image events. Its own writes do not keep it reconciling.
+func TestAgentRepairsWhatContainerdLoses(t *testing.T) {
+	manifestInstall(t, "docker.io", dockerVersion)
+	n := newNode(t)
+	p := startAgent(t, n, nil, "--resync", "1h")
+	c, ctx := n.client()
+	node := "docker.io/calico/node:" + dockerVersion
+	cni := "docker.io/calico/cni:" + dockerVersion
+	names := func(tag string) []string {
+		img, err := c.ImageService().Get(ctx, tag)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, err := img.Config(ctx, c.ContentStore(), platforms.Default())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return []string{tag, manifest.MustParseRef(tag).DigestName(img.Target.Digest), id.Digest.String()}
+	}
+	pinnedByPrecache := func(names ...string) func() error {
+		return func() error {
+			for _, name := range names {
+				img, err := c.ImageService().Get(ctx, name)
+				if err != nil {
+					return err
+				}
+				if img.Labels[cache.LabelCRIPinned] != "pinned" || img.Labels[cache.LabelPinnedBy] != "true" || img.Labels[cache.LabelManaged] != "true" {
+					return fmt.Errorf("%s: labels %v", name, img.Labels)
+				}
+			}
+			return nil
+		}
+	}
+	eventually(t, 60*time.Second, "the set pinned", pinnedByPrecache(node, cni))
+	all := names(node)
+	eventually(t, 10*time.Second, "all three names pinned", pinnedByPrecache(all...))
+	eventually(t, 10*time.Second, "/readyz ok", func() error { return httpOK("http://" + p.addr + "/readyz") })
+
+	// One name deleted (ctr images rm): the content is still referenced by the others.
+	start := time.Now()
+	if err := c.ImageService().Delete(ctx, node); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the deleted tag record back", pinnedByPrecache(all...))
+	t.Logf("one record deleted: back in %s", time.Since(start).Round(time.Millisecond))
+
+	// Its pin removed by someone else.
+	if _, err := c.ImageService().Update(ctx, images.Image{Name: all[1]}, "labels."+cache.LabelCRIPinned); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the pin back", pinnedByPrecache(all...))
+
+	// Every name deleted and the content collected, as crictl rmi does: pulled again.
+	start = time.Now()
+	for i, name := range all {
+		var opts []images.DeleteOpt
+		if i == len(all)-1 {
+			opts = append(opts, images.SynchronousDelete())
+		}
+		if err := c.ImageService().Delete(ctx, name, opts...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 15*time.Second, "the image pulled again and pinned under its three names", pinnedByPrecache(all...))
+	t.Logf("image removed with its content: back in %s", time.Since(start).Round(time.Millisecond))
+	if n.PinningSupported() {
+		if img, ok := n.criImages(node)[node]; !ok || !img.Pinned {
+			t.Errorf("the kubelet's view of %s: %+v, want pinned", node, img)
+		}
+	}
+
+	// The agent's own writes came back as events; once they are handled it stays quiet.
+	time.Sleep(time.Second)
+	before := p.reconciles(t)
+	time.Sleep(2 * time.Second)
+	if after := p.reconciles(t); after != before {
+		t.Errorf("the agent keeps reconciling with nothing changing: %v reconciles in 2s", after-before)
+	}
+	p.stop(t)
+}
+
+// TestAgentLeavesOthersPins: an image someone else pinned (the CRI pins its sandbox
+// image), that precache wanted too and then stops wanting, keeps its pin; what precache
+// pinned itself is unpinned.
+func TestAgentLeavesOthersPins(t *testing.T) {
+	const (
+		pause   = "registry.k8s.io/pause:3.10"
+		extra   = "docker.io/precache/extra:1"
+		ownNode = "node-pins"
+	)
+	hosts := filepath.Join(t.TempDir(), "certs.d")
+	if err := testenv.WriteHostsDir(hosts, reg.URL(), "docker.io", "quay.io", "registry.k8s.io"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.Push(t.Context(), "pause", "3.10", testenv.ImageSpec{Seed: 50}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.Push(t.Context(), "precache/extra", "1", testenv.ImageSpec{Seed: 51}); err != nil {
+		t.Fatal(err)
+	}
+	manifestInstall(t, "docker.io", dockerVersion)
+	runCalicoNode(t, ownNode, "docker.io/calico/node:"+dockerVersion) // unpinning is on
+	n := newNode(t)
+
+	// The sandbox image as the CRI leaves it: content stored, the record pinned by the CRI.
+	s, err := pcontainerd.Open(t.Context(), pcontainerd.Config{Address: n.Address, Namespace: "k8s.io", Snapshotter: "overlayfs", HostsDir: hosts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	desc, err := s.Resolve(t.Context(), pause)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lctx, done, err := s.WithLease(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Fetch(lctx, manifest.MustParseRef(pause).DigestName(desc.Digest), desc); err != nil {
+		t.Fatal(err)
+	}
+	c, ctx := n.client()
+	if _, err := c.ImageService().Create(ctx, images.Image{Name: pause, Target: desc, Labels: map[string]string{
+		cache.LabelCRIManaged: "managed", cache.LabelCRIPinned: "pinned"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := done(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	labels := func(name string) (map[string]string, error) {
+		img, err := c.ImageService().Get(ctx, name)
+		return img.Labels, err
+	}
+
+	env := []string{"PRECACHE_HOSTS_DIR=" + hosts}
+	p := startAgent(t, n, env, "--node-name", ownNode, "--image", pause, "--image", extra)
+	eventually(t, 60*time.Second, "both extra images kept", func() error {
+		for _, name := range []string{pause, extra} {
+			l, err := labels(name)
+			if err != nil {
+				return err
+			}
+			if l[cache.LabelManaged] != "true" || l[cache.LabelCRIPinned] != "pinned" {
+				return fmt.Errorf("%s: labels %v", name, l)
+			}
+		}
+		return nil
+	})
+	if l, _ := labels(pause); l[cache.LabelPinnedBy] != "" {
+		t.Fatalf("precache took the CRI's pin of %s as its own: %v", pause, l)
+	}
+	p.stop(t)
+
+	// The agent restarts without the two images.
+	startAgent(t, n, env, "--node-name", ownNode)
+	eventually(t, 60*time.Second, "the image precache pinned unpinned", func() error {
+		l, err := labels(extra)
+		if err != nil {
+			return err
+		}
+		if l[cache.LabelCRIPinned] != "" || l[cache.LabelManaged] != "" || l[cache.LabelPinnedBy] != "" {
+			return fmt.Errorf("%s: labels %v", extra, l)
+		}
+		return nil
+	})
+	l, err := labels(pause)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l[cache.LabelCRIPinned] != "pinned" {
+		t.Errorf("the CRI's pin of %s was removed: %v", pause, l)
+	}
+	if l[cache.LabelManaged] != "" {
+		t.Errorf("%s still marked as kept by precache: %v", pause, l)
+	}
+	if n.PinningSupported() {
+		if img, ok := n.criImages(pause)[pause]; !ok || !img.Pinned {
+			t.Errorf("the kubelet's view of %s: %+v, want pinned", pause, img)
+		}
+	}
+}
+
+// runCalicoNode creates node's calico-node pod, running image.
+func runCalicoNode(t *testing.T, node, image string) {
+	t.Helper()
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "calico-node-" + node, Labels: map[string]string{"k8s-app": "calico-node"}},
+		Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "calico-node", Image: image}}},
+	}
+	if _, err := kubeClient.CoreV1().Pods("kube-system").Create(t.Context(), pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = kubeClient.CoreV1().Pods("kube-system").Delete(testContext(), pod.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
+	})
+}
+
+// agentProc is a running `precache agent`.
+type agentProc struct {
+	cmd    *exec.Cmd
+	logs   *syncBuffer
+	exited chan error
+	addr   string
+}
+
+// startAgent runs `precache agent` against n's containerd and the test API server until
+// stop or the end of the test.
+func startAgent(t *testing.T, n *node, env []string, args ...string) *agentProc {
+	t.Helper()
+	p := &agentProc{logs: &syncBuffer{}, exited: make(chan error, 1), addr: freeAddr(t)}
+	args = append([]string{"agent", "--kubeconfig", adminKubecfg, "--metrics-address", p.addr, "--root", t.TempDir()}, args...)
+	p.cmd = exec.Command(binary, args...)
+	p.cmd.Env = append(os.Environ(), "CONTAINERD_ADDRESS="+n.Address, "PRECACHE_HOSTS_DIR="+hostsDir, "PRECACHE_LOG_FORMAT=json",
+		"PRECACHE_STATE_FILE="+filepath.Join(n.Dir, "state.json"))
+	p.cmd.Env = append(p.cmd.Env, env...)
+	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.exited <- p.cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Kill()
+		if t.Failed() {
+			t.Logf("agent %v log:\n%s", args, tail(p.logs.String(), 40))
+		}
+	})
+	return p
+}
+
+// stop sends SIGTERM and waits for a clean exit.
+func (p *agentProc) stop(t *testing.T) {
+	t.Helper()
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.exited:
+		if err != nil {
+			t.Fatalf("agent exit after SIGTERM: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("agent did not exit within 10s of SIGTERM")
+	}
+}
+
+// reconciles is the agent's precache_reconciles_total{result="ok"}.
+func (p *agentProc) reconciles(t *testing.T) float64 {
+	t.Helper()
+	for _, line := range strings.Split(httpGet(t, "http://"+p.addr+"/metrics"), "\n") {
+		if v, ok := strings.CutPrefix(line, `precache_reconciles_total{result="ok"} `); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return f
+		}
+	}
+	return 0
+}
+
+// syncBuffer is a bytes.Buffer safe for a process writing while the test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
