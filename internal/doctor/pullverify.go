@@ -37,6 +37,9 @@ func PullVerification(k Kubelet, set []manifest.Image, what string) Result {
 		res.Summary = fmt.Sprintf("featureGates %s: false (%s): the kubelet uses images on the node as they are", ensureSecretPulledImages, k.Where(ensureSecretPulledImages))
 		return res
 	}
+	// Pull records: MustAttemptImagePull in pkg/kubelet/images/pullmanager/image_pull_manager.go.
+	records := "the kubelet spares an image it pulled itself without a pull secret while it keeps that pull's record " +
+		"(/var/lib/kubelet/image_manager/pulled; records of images no longer on the node are pruned after its image GC runs); images precache pulled or imported have none"
 	fix := fmt.Sprintf("in the kubelet config (Kubespray: kubelet_config_extra_args), set imagePullCredentialsVerificationPolicy: %s (the default), "+
 		"or %s with preloadedImagesVerificationAllowlist covering these repositories (e.g. %s)",
 		neverVerifyPreloadedImages, neverVerifyAllowlistedImages, suggestAllowlist(set))
@@ -52,6 +55,7 @@ func PullVerification(k Kubelet, set []manifest.Image, what string) Result {
 		for _, img := range set {
 			res.Evidence = append(res.Evidence, "re-checked: "+img.Ref.Display())
 		}
+		res.Evidence = append(res.Evidence, records)
 		res.Fix = fix
 		return res
 	case neverVerifyAllowlistedImages:
@@ -95,6 +99,7 @@ func PullVerification(k Kubelet, set []manifest.Image, what string) Result {
 		for _, u := range uncovered {
 			res.Evidence = append(res.Evidence, "not in the allowlist: "+u)
 		}
+		res.Evidence = append(res.Evidence, records)
 		res.Fix = fix
 		return res
 	}
