@@ -18,7 +18,10 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/platforms"
+	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -572,4 +575,72 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
+}
+
+// TestAgentEventSourceSurvivesARestart: the agent's event source on the real containerd
+// names the records created, updated and deleted in k8s.io (not in other namespaces), and
+// after containerd restarts says that events may have been missed ("") and names records
+// again, on the same subscription.
+func TestAgentEventSourceSurvivesARestart(t *testing.T) {
+	n := newNode(t)
+	s := n.store()
+	names, errs := s.Events(t.Context())
+	c, ctx := n.client()
+	target := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromString("events"), Size: 1}
+	next := func(within time.Duration) (string, bool) {
+		select {
+		case name := <-names:
+			return name, true
+		case <-time.After(within):
+			return "", false
+		}
+	}
+	expect := func(what, want string, within time.Duration) {
+		t.Helper()
+		deadline := time.Now().Add(within)
+		for {
+			name, ok := next(time.Until(deadline))
+			if !ok {
+				t.Fatalf("%s: no event %q within %s", what, want, within)
+			}
+			if name == want {
+				return
+			}
+		}
+	}
+	// Another namespace first: if it came through it would arrive before the k8s.io one.
+	other := namespaces.WithNamespace(t.Context(), "moby")
+	if _, err := c.ImageService().Create(other, images.Image{Name: "example.com/other:1", Target: target}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.ImageService().Create(ctx, images.Image{Name: "example.com/a:1", Target: target}); err != nil {
+		t.Fatal(err)
+	}
+	if name, ok := next(5 * time.Second); !ok || name != "example.com/a:1" {
+		t.Fatalf("first event: %q (received: %t), want example.com/a:1", name, ok)
+	}
+	if _, err := c.ImageService().Update(ctx, images.Image{Name: "example.com/a:1", Labels: map[string]string{"k": "v"}}, "labels.k"); err != nil {
+		t.Fatal(err)
+	}
+	expect("update", "example.com/a:1", 5*time.Second)
+	if err := c.ImageService().Delete(ctx, "example.com/a:1"); err != nil {
+		t.Fatal(err)
+	}
+	expect("delete", "example.com/a:1", 5*time.Second)
+
+	if err := n.Restart(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-errs:
+		t.Logf("stream broke: %v", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("no error for the broken stream")
+	}
+	expect("after the restart", "", 10*time.Second)
+	c2, ctx2 := n.client()
+	if _, err := c2.ImageService().Create(ctx2, images.Image{Name: "example.com/b:1", Target: target}); err != nil {
+		t.Fatal(err)
+	}
+	expect("a record created after the restart", "example.com/b:1", 5*time.Second)
 }
