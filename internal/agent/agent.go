@@ -50,8 +50,9 @@ type Store interface {
 }
 
 // Watcher reports changes to the store's image records. The agent reconciles when a
-// record of a wanted image changes or goes (crictl rmi, the kubelet's image GC, someone
-// removing the pin), instead of leaving it wrong until the next resync.
+// record of a wanted image changes or goes (crictl rmi, the kubelet's image GC on a
+// containerd that ignores pins, someone removing the pin), instead of leaving it wrong
+// until the next resync.
 type Watcher interface {
 	// Events sends the name of each record created, updated or deleted, and "" when
 	// changes may have been missed (the stream broke and was set up again); errors say
