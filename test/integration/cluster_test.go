@@ -334,6 +334,7 @@ func sortedRefs(refs ...string) []string {
 // TestDiscoveryManifestInstall: the workloads of the release manifests, as they are. The
 // set is what they run: calico.yaml has no typha Deployment, so no typha.
 func TestDiscoveryManifestInstall(t *testing.T) {
+	needAPI(t)
 	for _, tc := range []struct {
 		name, file, registry, version string
 		want                          []string
@@ -369,6 +370,7 @@ func TestDiscoveryManifestInstall(t *testing.T) {
 // the seven images the workloads run; digest-only ones get the release's tag and are
 // pulled by their digest.
 func TestDiscoveryOperatorInstall(t *testing.T) {
+	needAPI(t)
 	const v = "v3.30.2"
 	dg := func(c string) string { return digest.FromString(c + v).String() }
 	for _, registry := range []string{"quay.io", "registry.local:5000/tigera-mirror"} {
@@ -431,6 +433,7 @@ func TestDiscoveryOperatorInstall(t *testing.T) {
 // kube-controllers (the new one on the new default registry) and the new calico-node's
 // images, never a typha nobody runs; the disagreement is shown.
 func TestDiscoveryMidUpgrade(t *testing.T) {
+	needAPI(t)
 	applyRelease(t, "calico-v3.30.2.yaml", "docker.io", "v3.30.2")
 	createCR(t, cluster.ClusterInformationV1, "default", map[string]any{"spec": map[string]any{"calicoVersion": "v3.30.2"}})
 	ds, err := kubeClient.AppsV1().DaemonSets("kube-system").Get(t.Context(), "calico-node", metav1.GetOptions{})
@@ -467,6 +470,7 @@ func TestDiscoveryMidUpgrade(t *testing.T) {
 // TestDiscoveryAsServiceAccount: with deploy/'s RBAC, the agent's ServiceAccount can read
 // everything discovery needs, and cannot read Secrets.
 func TestDiscoveryAsServiceAccount(t *testing.T) {
+	needAPI(t)
 	manifestInstall(t, "docker.io", "v3.28.1")
 	d := discover(t, saKubecfg)
 	if d.Version != "v3.28.1" || len(d.Images) != 4 {
@@ -494,6 +498,7 @@ func TestDiscoveryAsServiceAccount(t *testing.T) {
 // TestBootstrapFromCluster: bootstrap reads the set from the API, pulls, records state;
 // without the API it falls back to the flags, then to the recorded state, and says so.
 func TestBootstrapFromCluster(t *testing.T) {
+	needAPI(t)
 	manifestInstall(t, "docker.io", dockerVersion)
 	n := newNode(t)
 	r := n.precache(nil, "bootstrap", "--kubeconfig", adminKubecfg)
@@ -532,6 +537,7 @@ func TestBootstrapFromCluster(t *testing.T) {
 // bootstrap pulls each image by its digest and records it under both names: "repo:tag"
 // and "repo@sha256:…", the one the kubelet looks up for such a spec.
 func TestBootstrapOperatorImageSet(t *testing.T) {
+	needAPI(t)
 	const v = "v3.30.2"
 	pushed, err := reg.PushCalico(t.Context(), v, manifest.VariantOperator, testenv.ImageSpec{Seed: 60})
 	if err != nil {

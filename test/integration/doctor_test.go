@@ -158,6 +158,7 @@ func runDoctor(t *testing.T, n *node, args ...string) (map[string]doctor.Result,
 
 // TestDoctor: against a real containerd and API server, with a Kubespray-shaped node root.
 func TestDoctor(t *testing.T) {
+	needAPI(t)
 	manifestInstall(t, "docker.io", dockerVersion)
 	kubeDNS(t)
 	n := newNode(t)
