@@ -110,6 +110,8 @@ type Agent struct {
 	// watched are the record names of the set last made right: a store event about one
 	// of them triggers a reconcile.
 	watched map[string]bool
+	// operator is what was last read to version digest-only references.
+	operator *operatorFacts
 }
 
 type cacheLister struct {
@@ -358,8 +360,13 @@ func storeGone(err error) bool {
 func (a *Agent) reconcile(ctx context.Context, store Store) error {
 	start := time.Now()
 	snap := a.snapshot()
+	if err := a.withOperatorFacts(ctx, &snap); err != nil {
+		a.failed(ctx, "NoCalico", err)
+		return err
+	}
 	d, err := cluster.Resolve(snap)
 	if err != nil {
+		a.forgetOperatorFacts()
 		a.failed(ctx, "NoCalico", err)
 		return err
 	}

@@ -26,6 +26,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/precache/precache/internal/cache"
+	"github.com/precache/precache/internal/cluster"
 	pcontainerd "github.com/precache/precache/internal/containerd"
 	"github.com/precache/precache/internal/manifest"
 	"github.com/precache/precache/test/testenv"
@@ -35,6 +36,7 @@ import (
 // Changing the DaemonSet's tag pre-pulls and pins the new images within seconds; the old
 // ones stay pinned until this node's calico-node pod runs the new version.
 func TestAgentFollowsAnUpgrade(t *testing.T) {
+	needAPI(t)
 	const oldV, newV = dockerVersion, "v3.29.1"
 	if _, err := reg.PushCalico(t.Context(), newV, manifest.VariantManifest, testenv.ImageSpec{Seed: 40}); err != nil {
 		t.Fatal(err)
@@ -303,6 +305,7 @@ func nodeEvent(t *testing.T, node, typ, reason string) error {
 // `crictl rmi` and the kubelet's image GC do) is back, pinned, within seconds: the agent
 // follows containerd's image events. Its own writes do not keep it reconciling.
 func TestAgentRepairsWhatContainerdLoses(t *testing.T) {
+	needAPI(t)
 	manifestInstall(t, "docker.io", dockerVersion)
 	n := newNode(t)
 	p := startAgent(t, n, nil, "--resync", "1h")
@@ -386,6 +389,7 @@ func TestAgentRepairsWhatContainerdLoses(t *testing.T) {
 // image), that precache wanted too and then stops wanting, keeps its pin; what precache
 // pinned itself is unpinned.
 func TestAgentLeavesOthersPins(t *testing.T) {
+	needAPI(t)
 	const (
 		pause   = "registry.k8s.io/pause:3.10"
 		extra   = "docker.io/precache/extra:1"
@@ -481,6 +485,44 @@ func TestAgentLeavesOthersPins(t *testing.T) {
 			t.Errorf("the kubelet's view of %s: %+v, want pinned", pause, img)
 		}
 	}
+}
+
+// TestAgentOperatorImageSet: with an ImageSet the operator runs every image by digest only
+// (no tag). The agent, as its ServiceAccount, learns the release from the Installation and
+// the ImageSet and pins each image under "repo:tag" and "repo@sha256:…".
+func TestAgentOperatorImageSet(t *testing.T) {
+	needAPI(t)
+	const v = "v3.30.2"
+	pushed, err := reg.PushCalico(t.Context(), v, manifest.VariantOperator, testenv.ImageSpec{Seed: 60})
+	if err != nil {
+		t.Fatal(err)
+	}
+	digests := map[string]string{}
+	for _, c := range operatorComponents {
+		digests[c] = pushed["quay.io/calico/"+c+":"+v]
+	}
+	operatorWorkloads(t, func(c string) string { return "quay.io/calico/" + c + "@" + digests[c] })
+	createCR(t, cluster.Installations, "default", map[string]any{"spec": map[string]any{}, "status": map[string]any{
+		"calicoVersion": v, "variant": "Calico", "imageSet": "calico-" + v}})
+	imageSetCR(t, v, digests)
+
+	n := newNode(t)
+	startAgent(t, n, nil, "--kubeconfig", saKubecfg)
+	c, ctx := n.client()
+	eventually(t, 60*time.Second, "the calico-node DaemonSet's images pinned under both names", func() error {
+		for _, comp := range []string{"node", "cni", "pod2daemon-flexvol"} {
+			for _, name := range []string{"quay.io/calico/" + comp + ":" + v, "quay.io/calico/" + comp + "@" + digests[comp]} {
+				img, err := c.ImageService().Get(ctx, name)
+				if err != nil {
+					return err
+				}
+				if img.Target.Digest.String() != digests[comp] || img.Labels[cache.LabelCRIPinned] != "pinned" {
+					return fmt.Errorf("%s: target %s labels %v", name, img.Target.Digest, img.Labels)
+				}
+			}
+		}
+		return nil
+	})
 }
 
 // runCalicoNode creates node's calico-node pod, running image.
@@ -582,6 +624,7 @@ func (b *syncBuffer) String() string {
 // after containerd restarts says that events may have been missed ("") and names records
 // again, on the same subscription.
 func TestAgentEventSourceSurvivesARestart(t *testing.T) {
+	needDaemons(t)
 	n := newNode(t)
 	s := n.store()
 	names, errs := s.Events(t.Context())
