@@ -20,6 +20,7 @@ import (
 	pcontainerd "github.com/precache/precache/internal/containerd"
 	"github.com/precache/precache/internal/dns"
 	"github.com/precache/precache/internal/manifest"
+	"github.com/precache/precache/internal/source"
 )
 
 // processStart anchors --dns-timeout: the fallback decision is due that long after the
@@ -105,53 +106,34 @@ func (a *app) bootstrap(ctx context.Context, out io.Writer, f bootstrapFlags) er
 	}
 	defer store.Close()
 
-	online := cache.NewEnsurer(store, cache.Options{Parallel: f.parallel, Logger: a.log})
-	path, reason := "registry", ""
-	need, allRight := needsPull(ctx, store, images)
-	if len(need) == 0 {
-		path = "local" // nothing needs a registry: repairs, if any, come from what containerd has
+	offline := cache.NewEnsurer(store, cache.Options{Parallel: f.parallel, Logger: a.log, Offline: true})
+	d := &source.Decider{
+		Store: storePort{store: store, offline: offline},
+		Registry: &registryPort{
+			a: a, store: store, fallback: fallback, fallbackTimeout: f.dnsTimeout,
+			online: cache.NewEnsurer(store, cache.Options{Parallel: f.parallel, Logger: a.log}),
+		},
+		// The registry decision is due --dns-timeout after the start, leaving a few
+		// milliseconds for the decision itself.
+		Deadline: processStart.Add(f.dnsTimeout - decisionMargin),
+		Start:    processStart,
+		Log:      a.log,
 	}
-	if len(need) > 0 {
-		// Decide within --dns-timeout of the start, leaving a few milliseconds for the decision itself.
-		failures := a.probeDNS(ctx, dns.System, need, processStart.Add(f.dnsTimeout-decisionMargin))
-		if len(failures) > 0 && fallback != nil {
-			a.log.Info("registry names do not resolve through the node's resolver; trying --dns-fallback", zap.String("servers", fallback.servers), zap.Any("failures", failureStrings(failures)))
-			if failures = a.probeDNS(ctx, fallback.r, need, time.Now().Add(f.dnsTimeout)); len(failures) == 0 {
-				if err := store.UseDNS(ctx, fallback.r); err != nil {
-					return err
-				}
-				reason = "registry names resolved through --dns-fallback " + fallback.servers
-			}
-		}
-		if len(failures) > 0 {
-			reason = "registry names did not resolve: " + strings.Join(failureStrings(failures), "; ")
-			if f.bundle == "" {
-				return fmt.Errorf("%s\nhint: pass --bundle FILE (precache bundle makes one) to import instead, or --dns-fallback IP to resolve through another server", reason)
-			}
-			path = "bundle"
-			a.log.Warn("falling back to the bundle", zap.String("bundle", f.bundle), zap.String("reason", reason), zap.Duration("since_start", time.Since(processStart)))
-		}
+	if f.bundle != "" {
+		d.Local = &bundlePort{path: f.bundle, baseName: f.baseName, parallel: f.parallel, store: store, offline: offline, log: a.log}
 	}
-
-	var results []cache.Result
-	switch {
-	case allRight != nil:
-		results = allRight
-	case path != "bundle":
-		results, err = online.Ensure(ctx, images)
-		if err != nil && f.bundle != "" {
-			reason = "the pull failed: " + firstLine(err.Error())
-			path = "bundle"
-			a.log.Warn("falling back to the bundle", zap.String("bundle", f.bundle), zap.String("reason", reason), zap.Duration("since_start", time.Since(processStart)))
-		}
+	outcome, err := d.Run(ctx, images)
+	if errors.Is(err, source.ErrNoPath) {
+		return fmt.Errorf("%w\nhint: pass --bundle FILE (precache bundle makes one) to import instead, or --dns-fallback IP to resolve through another server", err)
 	}
-	if path == "bundle" {
-		results, err = a.fromBundle(ctx, out, store, images, f)
+	for _, n := range outcome.Notes {
+		fmt.Fprintln(out, "note:", n)
 	}
+	results := outcome.Results
 	printResults(out, results, time.Since(processStart))
-	line := "path: " + path
-	if reason != "" {
-		line += " (" + reason + ")"
+	line := "path: " + string(outcome.Path)
+	if outcome.Reason != "" {
+		line += " (" + outcome.Reason + ")"
 	}
 	fmt.Fprintln(out, line)
 	if err != nil {
@@ -217,52 +199,6 @@ type dnsResolverFlag struct {
 	servers string
 }
 
-// fromBundle imports the bundle, then finishes the set without any registry.
-func (a *app) fromBundle(ctx context.Context, out io.Writer, store *pcontainerd.Store, images []manifest.Image, f bootstrapFlags) ([]cache.Result, error) {
-	in, size, err := openBundle(f.bundle)
-	if err != nil {
-		return nil, err
-	}
-	defer in.Close()
-	offline := cache.NewEnsurer(store, cache.Options{Parallel: f.parallel, Logger: a.log, Offline: true})
-	res, err := offline.Import(ctx, store, in, cache.ImportOptions{BaseName: f.baseName})
-	if err != nil && !errors.Is(err, cache.ErrPlatformMissing) {
-		return nil, noSpace(ctx, store, size, bundleError(f.bundle, err))
-	}
-	if res != nil {
-		for _, n := range res.Notes {
-			fmt.Fprintln(out, "note:", n)
-		}
-	}
-	return offline.Ensure(ctx, images)
-}
-
-// needsPull returns the images only a registry can make right (absent, another digest,
-// or content missing); the rest can be repaired from what containerd has.
-//
-// When every image is already right it also returns their results, so the no-op path
-// reads containerd once.
-func needsPull(ctx context.Context, store cache.Store, images []manifest.Image) ([]manifest.Image, []cache.Result) {
-	rows, err := cache.Status(ctx, store, images)
-	if err != nil {
-		return images, nil
-	}
-	var out []manifest.Image
-	right := make([]cache.Result, 0, len(rows))
-	for i, r := range rows {
-		if !r.Present && r.Digest == "" || !r.DigestOK || !r.Complete {
-			out = append(out, images[i])
-		}
-		if r.OK() {
-			right = append(right, cache.Result{Image: images[i], Digest: r.Digest, Actions: []cache.Action{cache.ActionNone}})
-		}
-	}
-	if len(right) != len(rows) {
-		right = nil
-	}
-	return out, right
-}
-
 // probeDNS checks, per registry domain, that some host a pull would contact is an IP or
 // resolves before deadline; it returns the failures of the domains where none does.
 func (a *app) probeDNS(ctx context.Context, r *net.Resolver, images []manifest.Image, deadline time.Time) []dns.Failure {
@@ -326,6 +262,7 @@ func printResults(w io.Writer, results []cache.Result, took time.Duration) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "IMAGE\tDIGEST\tACTION\tTOOK")
 	counts := map[string]int{}
+	var order []string
 	for _, r := range results {
 		action := "failed"
 		if r.Err == nil {
@@ -335,19 +272,20 @@ func printResults(w io.Writer, results []cache.Result, took time.Duration) {
 			}
 			action = strings.Join(parts, "+")
 		}
+		if counts[action] == 0 {
+			order = append(order, action)
+		}
 		counts[action]++
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Image.Ref.Display(), shortDigest(r.Digest.String()), action, r.Duration.Round(time.Millisecond))
 	}
 	tw.Flush()
 	var summary []string
-	for _, k := range []string{"none", "pulled", "unpacked", "recorded", "unpacked+recorded", "failed"} {
-		if counts[k] > 0 {
-			label := k
-			if k == "none" {
-				label = "already right"
-			}
-			summary = append(summary, fmt.Sprintf("%d %s", counts[k], label))
+	for _, k := range order {
+		label := k
+		if k == "none" {
+			label = "already right"
 		}
+		summary = append(summary, fmt.Sprintf("%d %s", counts[k], label))
 	}
 	fmt.Fprintf(w, "%d images in %s: %s\n", len(results), took.Round(time.Millisecond), strings.Join(summary, ", "))
 }

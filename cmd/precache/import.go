@@ -71,7 +71,7 @@ were. Images already right are skipped.`,
 				r = p
 			}
 			e := cache.NewEnsurer(store, cache.Options{Logger: a.log})
-			res, err := e.Import(cmd.Context(), store, r, cache.ImportOptions{BaseName: baseName, Lock: lock, LockSource: lockPath})
+			res, err := bundle.Import(cmd.Context(), e, store, r, bundle.ImportOptions{BaseName: baseName, Lock: lock, LockSource: lockPath})
 			if res != nil && res.Bundle != nil {
 				printImport(cmd.OutOrStdout(), path, res)
 			}
@@ -136,7 +136,7 @@ func bundleError(path string, err error) error {
 	return fmt.Errorf("%s: %w", path, err)
 }
 
-func printImport(w io.Writer, path string, res *cache.ImportResult) {
+func printImport(w io.Writer, path string, res *bundle.ImportResult) {
 	b := res.Bundle
 	if len(res.Results) > 0 {
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)

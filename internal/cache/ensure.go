@@ -15,7 +15,15 @@ import (
 	"github.com/precache/precache/internal/manifest"
 )
 
-// Retry is the backoff applied to transient (ErrUnavailable) registry errors.
+// ErrDeadPath marks a registry error that took its time: the registry did not answer
+// (name, connection, TLS, first byte) within the adapter's deadline, or stopped sending a
+// download. Adapters wrap it together with ErrUnavailable, and it is not retried: a path
+// that stayed silent for seconds will not answer in the seconds a retry waits, and the
+// next source (a bundle) should not wait for it.
+var ErrDeadPath = errors.New("no answer in time")
+
+// Retry is the backoff applied to transient (ErrUnavailable) registry errors that answered
+// quickly (5xx, a reset or refused connection); ErrDeadPath is not retried.
 type Retry struct {
 	// Attempts is the total number of tries, at least 1.
 	Attempts int
@@ -71,6 +79,7 @@ const (
 	ActionPulled   Action = "pulled"   // fetched from the registry, unpacked, recorded, pinned
 	ActionUnpacked Action = "unpacked" // content was stored but not unpacked
 	ActionRecorded Action = "recorded" // names or pin labels were added
+	ActionImported Action = "imported" // came from a bundle (a local source)
 )
 
 // Result is the outcome for one image.
@@ -254,6 +263,21 @@ func (e *Ensurer) pull(ctx context.Context, img manifest.Image, existing map[str
 	return target, nil
 }
 
+// Logger is the logger the Ensurer was given (a no-op one if none).
+func (e *Ensurer) Logger() *zap.Logger { return e.log }
+
+// Record creates or updates the CRI's names for ref → target (the node platform's config
+// digest names the image ID record), pinned, as a pull records them. The caller has
+// verified target is complete and unpacked for the node platform. It reports whether
+// anything changed.
+func (e *Ensurer) Record(ctx context.Context, ref manifest.Ref, target ocispec.Descriptor, config digest.Digest) (bool, error) {
+	st := inspect(ctx, e.store, manifest.Image{Ref: ref})
+	if st.err != nil {
+		return false, st.err
+	}
+	return e.record(ctx, ref, target, config, st.records)
+}
+
 // record creates or updates the names the CRI itself would create for ref → target
 // ("repo:tag", "repo@digest" and the image ID "sha256:<config>"), with the pin labels.
 // Only precache's labels and the target are written; a pin someone else set stays theirs
@@ -313,7 +337,7 @@ func (e *Ensurer) retry(ctx context.Context, img manifest.Image, what string, fn
 	wait := e.opts.Retry.Initial
 	for attempt := 1; ; attempt++ {
 		err := fn()
-		if err == nil || !errors.Is(err, ErrUnavailable) || attempt >= e.opts.Retry.Attempts {
+		if err == nil || !errors.Is(err, ErrUnavailable) || errors.Is(err, ErrDeadPath) || attempt >= e.opts.Retry.Attempts {
 			return err
 		}
 		e.log.Info("retrying", zap.String("image", img.Ref.String()), zap.String("step", what),

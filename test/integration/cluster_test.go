@@ -526,7 +526,8 @@ func TestBootstrapFromCluster(t *testing.T) {
 	}
 	fresh := newNode(t)
 	r = fresh.precache(append(dead, "PRECACHE_STATE_FILE="+filepath.Join(t.TempDir(), "none.json")), "bootstrap", "--bundle", bundleFile)
-	if r.code != 0 || !strings.Contains(r.stdout, "image set: the lock inside "+bundleFile) || !strings.Contains(r.stdout, "4 pulled") {
+	// The lock names the digests and the bundle carries them: local first, no registry.
+	if r.code != 0 || !strings.Contains(r.stdout, "image set: the lock inside "+bundleFile) || !strings.Contains(r.stdout, "4 imported") || !strings.Contains(r.stdout, "path: bundle (it carries the wanted digests") {
 		t.Fatalf("fallback to the bundle's lock: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
 	}
 }

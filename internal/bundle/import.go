@@ -1,4 +1,4 @@
-package cache
+package bundle
 
 import (
 	"context"
@@ -12,14 +12,14 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/precache/precache/internal/bundle"
+	"github.com/precache/precache/internal/cache"
 	"github.com/precache/precache/internal/manifest"
 )
 
-// BlobStore is a Store that can also take a bundle's blobs.
-type BlobStore interface {
-	Store
-	bundle.Sink
+// Store is an image store that can also take a bundle's blobs.
+type Store interface {
+	cache.Store
+	Sink
 	// Adopt sets the garbage-collection references from target to its stored children,
 	// so the content lives once a record points at target.
 	Adopt(ctx context.Context, target ocispec.Descriptor) error
@@ -27,6 +27,8 @@ type BlobStore interface {
 
 // ImportOptions tune Import.
 type ImportOptions struct {
+	// Parallel is how many images are unpacked at once (default 4).
+	Parallel int
 	// BaseName names images the bundle gives only a tag for, or none.
 	BaseName string
 	// Lock, if set, is checked instead of the bundle's embedded lock.
@@ -37,8 +39,8 @@ type ImportOptions struct {
 
 // ImportResult reports an import.
 type ImportResult struct {
-	Bundle  *bundle.Result
-	Results []Result
+	Bundle  *Result
+	Results []cache.Result
 	// Notes are things the user should know that are not failures (legacy tars).
 	Notes    []string
 	Duration time.Duration
@@ -52,8 +54,14 @@ var ErrPlatformMissing = errors.New("node platform missing from the bundle")
 // lock, completeness and unpacked before the first image record is created, so a bundle
 // that fails any check leaves the image list as it was. Images already right are skipped;
 // a precache bundle whose images are all right is not even read past its index.
-func (e *Ensurer) Import(ctx context.Context, store BlobStore, r io.Reader, opts ImportOptions) (*ImportResult, error) {
+//
+// Records are made through e, the core, under the names and with the labels a pull makes.
+func Import(ctx context.Context, e *cache.Ensurer, store Store, r io.Reader, opts ImportOptions) (*ImportResult, error) {
 	start := time.Now()
+	if opts.Parallel <= 0 {
+		opts.Parallel = 4
+	}
+	log := e.Logger()
 	out := &ImportResult{}
 	ctx, done, err := store.WithLease(ctx)
 	if err != nil {
@@ -63,17 +71,17 @@ func (e *Ensurer) Import(ctx context.Context, store BlobStore, r io.Reader, opts
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
 		if err := done(rctx); err != nil {
-			e.log.Warn("releasing lease", zap.Error(err))
+			log.Warn("releasing lease", zap.Error(err))
 		}
 	}()
 
-	pipe := newUnpackPipeline(ctx, store, e.opts.Parallel)
-	res, err := bundle.Read(ctx, r, store, bundle.Options{
+	pipe := newUnpackPipeline(ctx, store, opts.Parallel)
+	res, err := Read(ctx, r, store, Options{
 		BaseName: opts.BaseName,
 		OnBlob:   pipe.onBlob,
-		Early: func(ctx context.Context, imgs []bundle.Image, embedded *manifest.Lock) (bool, error) {
+		Early: func(ctx context.Context, imgs []Image, embedded *manifest.Lock) (bool, error) {
 			lock, _ := pickLock(opts, embedded)
-			return e.allRight(ctx, store, imgs, lock)
+			return allRight(ctx, store, imgs, lock)
 		},
 	})
 	early := pipe.wait()
@@ -81,11 +89,11 @@ func (e *Ensurer) Import(ctx context.Context, store BlobStore, r io.Reader, opts
 		return nil, err
 	}
 	out.Bundle = res
-	e.log.Debug("bundle read", zap.String("format", string(res.Format)), zap.Int("blobs", res.Blobs), zap.Int("stored", res.Stored), zap.Duration("since_start", time.Since(start)))
+	log.Debug("bundle read", zap.String("format", string(res.Format)), zap.Int("blobs", res.Blobs), zap.Int("stored", res.Stored), zap.Duration("since_start", time.Since(start)))
 	lock, lockSource := pickLock(opts, res.Lock)
 	if res.Skipped {
 		for _, img := range res.Images {
-			out.Results = append(out.Results, Result{Image: bundleImage(img, "bundle"), Digest: img.Target.Digest, Actions: []Action{ActionNone}})
+			out.Results = append(out.Results, cache.Result{Image: bundleImage(img, "bundle"), Digest: img.Target.Digest, Actions: []cache.Action{cache.ActionNone}})
 		}
 		out.Duration = time.Since(start)
 		return out, nil
@@ -93,8 +101,8 @@ func (e *Ensurer) Import(ctx context.Context, store BlobStore, r io.Reader, opts
 
 	// 1. Verify every image before touching any record.
 	type work struct {
-		img    bundle.Image
-		health Health
+		img    Image
+		health cache.Health
 	}
 	var (
 		todo []work
@@ -110,7 +118,7 @@ func (e *Ensurer) Import(ctx context.Context, store BlobStore, r io.Reader, opts
 			case img.Synthesized:
 				out.Notes = append(out.Notes, fmt.Sprintf("%s: a legacy docker save tar does not keep the registry's manifest digest (containerd synthesises one), so it cannot be checked against %s; its config and layer digests were verified instead", img.Name, lockSource))
 			case img.Target.Digest != want:
-				errs = append(errs, fmt.Errorf("%s: %w: the bundle has %s but %s expects %s", img.Name, ErrDigestMismatch, img.Target.Digest, lockSource, want))
+				errs = append(errs, fmt.Errorf("%s: %w: the bundle has %s but %s expects %s", img.Name, cache.ErrDigestMismatch, img.Target.Digest, lockSource, want))
 				continue
 			}
 		}
@@ -136,13 +144,13 @@ func (e *Ensurer) Import(ctx context.Context, store BlobStore, r io.Reader, opts
 		todo = append(todo, work{img: img, health: h})
 	}
 	if len(errs) > 0 {
-		return out, &SetError{Failed: len(errs), Total: len(res.Images), Errs: errs, What: "bundle rejected, nothing imported"}
+		return out, &cache.SetError{Failed: len(errs), Total: len(res.Images), Errs: errs, What: "bundle rejected, nothing imported"}
 	}
 
 	// 2. Unpack what the node will run, several images at once: applying layers is
 	// CPU-bound in the daemon and one image at a time leaves cores idle.
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(e.opts.Parallel)
+	g.SetLimit(opts.Parallel)
 	unpacked := map[digest.Digest]bool{}
 	for i, w := range todo {
 		if early[w.img.Target.Digest] {
@@ -161,37 +169,27 @@ func (e *Ensurer) Import(ctx context.Context, store BlobStore, r io.Reader, opts
 		todo[i].health.Unpacked = true
 	}
 	if err := g.Wait(); err != nil {
-		return out, &SetError{Failed: 1, Total: len(res.Images), What: "bundle rejected, nothing imported", Errs: []error{err}}
+		return out, &cache.SetError{Failed: 1, Total: len(res.Images), What: "bundle rejected, nothing imported", Errs: []error{err}}
 	}
-	e.log.Debug("unpacked", zap.Int("images", len(unpacked)), zap.Duration("since_start", time.Since(start)))
+	log.Debug("unpacked", zap.Int("images", len(unpacked)), zap.Duration("since_start", time.Since(start)))
 
 	// 3. Only now record the images, under the names a CRI pull would create.
 	for _, w := range todo {
 		ref := manifest.MustParseRef(w.img.Name)
 		ref.Digest = ""
-		st := inspect(ctx, store, manifest.Image{Ref: ref})
-		if st.err != nil {
-			return out, st.err
-		}
-		changed, err := e.record(ctx, ref, w.img.Target, w.health.Config, st.records)
+		changed, err := e.Record(ctx, ref, w.img.Target, w.health.Config)
 		if err != nil {
 			return out, err
 		}
-		r := Result{Image: bundleImage(w.img, "bundle"), Digest: w.img.Target.Digest}
-		switch {
-		case changed || (st.record != nil && st.record.Target.Digest != w.img.Target.Digest):
-			r.Actions = []Action{ActionImported}
-		default:
-			r.Actions = []Action{ActionNone}
+		r := cache.Result{Image: bundleImage(w.img, "bundle"), Digest: w.img.Target.Digest, Actions: []cache.Action{cache.ActionNone}}
+		if changed {
+			r.Actions = []cache.Action{cache.ActionImported}
 		}
 		out.Results = append(out.Results, r)
 	}
 	out.Duration = time.Since(start)
 	return out, nil
 }
-
-// ActionImported: the image came from a bundle.
-const ActionImported Action = "imported"
 
 func pickLock(opts ImportOptions, embedded *manifest.Lock) (*manifest.Lock, string) {
 	if opts.Lock != nil {
@@ -200,13 +198,14 @@ func pickLock(opts ImportOptions, embedded *manifest.Lock) (*manifest.Lock, stri
 	return embedded, "the bundle's lock"
 }
 
-func bundleImage(img bundle.Image, source string) manifest.Image {
+func bundleImage(img Image, source string) manifest.Image {
 	ref := manifest.MustParseRef(img.Name)
 	return manifest.Image{Ref: ref, Source: source}
 }
 
 // allRight reports whether every image is already right (and matches the lock).
-func (e *Ensurer) allRight(ctx context.Context, store Store, imgs []bundle.Image, lock *manifest.Lock) (bool, error) {
+func allRight(ctx context.Context, store cache.Store, imgs []Image, lock *manifest.Lock) (bool, error) {
+	set := make([]manifest.Image, 0, len(imgs))
 	for _, img := range imgs {
 		if img.Name == "" {
 			return false, nil
@@ -216,8 +215,14 @@ func (e *Ensurer) allRight(ctx context.Context, store Store, imgs []bundle.Image
 			return false, nil // let the full read report the mismatch
 		}
 		ref.Digest = img.Target.Digest
-		st := inspect(ctx, store, manifest.Image{Ref: ref})
-		if st.err != nil || !st.Row.OK() {
+		set = append(set, manifest.Image{Ref: ref})
+	}
+	rows, err := cache.Status(ctx, store, set)
+	if err != nil {
+		return false, nil
+	}
+	for _, r := range rows {
+		if !r.OK() {
 			return false, nil
 		}
 	}

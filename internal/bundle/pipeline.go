@@ -1,4 +1,4 @@
-package cache
+package bundle
 
 import (
 	"context"
@@ -6,8 +6,6 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 	"golang.org/x/sync/errgroup"
-
-	"github.com/precache/precache/internal/bundle"
 )
 
 // unpackPipeline starts unpacking an image as soon as the bundle has delivered all of its
@@ -15,7 +13,7 @@ import (
 // is the slow part of an import, and it need not wait for the whole bundle. Nothing is
 // recorded here; records still wait for every check.
 type unpackPipeline struct {
-	store BlobStore
+	store Store
 	g     *errgroup.Group
 	gctx  context.Context
 
@@ -26,7 +24,7 @@ type unpackPipeline struct {
 	done    map[digest.Digest]bool
 }
 
-func newUnpackPipeline(ctx context.Context, store BlobStore, parallel int) *unpackPipeline {
+func newUnpackPipeline(ctx context.Context, store Store, parallel int) *unpackPipeline {
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(parallel)
 	return &unpackPipeline{store: store, g: g, gctx: gctx,
@@ -35,7 +33,7 @@ func newUnpackPipeline(ctx context.Context, store BlobStore, parallel int) *unpa
 
 // onBlob is bundle.Options.OnBlob. It runs on the reader's goroutine, so it only does
 // cheap bookkeeping and an occasional Check; unpacking runs in the errgroup.
-func (p *unpackPipeline) onBlob(ctx context.Context, imgs []bundle.Image, d digest.Digest, size int64) {
+func (p *unpackPipeline) onBlob(ctx context.Context, imgs []Image, d digest.Digest, size int64) {
 	for _, img := range imgs {
 		t := img.Target.Digest
 		p.mu.Lock()
