@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -262,4 +263,56 @@ func TestImportDiskFull(t *testing.T) {
 	if after := n.imageNames(); !slices.Equal(before, after) {
 		t.Fatalf("image list changed: before %v, after %v", before, after)
 	}
+}
+
+// TestUnpackedFollowsTheConfigLabel: "unpacked" means the config references the snapshot
+// (containerd.io/gc.ref.snapshot.<snapshotter>), not merely that a snapshot with the right
+// chain ID exists: without the label, the snapshot lives only as long as something else
+// holds it. status reports it, and bootstrap repairs it without the network.
+func TestUnpackedFollowsTheConfigLabel(t *testing.T) {
+	const path, tag = "example/gcref", "v1"
+	pushed, err := reg.Push(t.Context(), path, tag, testenv.ImageSpec{Seed: 7171})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := "docker.io/" + path + ":" + tag
+	n := newNode(t)
+	if r := n.precache(nil, "bootstrap", "--image", ref); r.code != 0 {
+		t.Fatalf("bootstrap: exit %d\n%s", r.code, r.stderr)
+	}
+	c, ctx := n.client()
+	cs := c.ContentStore()
+	health, err := n.store().Check(t.Context(), n.image(ref).Target)
+	if err != nil || !health.Unpacked {
+		t.Fatalf("Check after bootstrap = %+v, %v", health, err)
+	}
+	info, err := cs.Info(ctx, health.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const label = "containerd.io/gc.ref.snapshot.overlayfs"
+	if info.Labels[label] == "" {
+		t.Fatalf("config %s has no %s label after a pull: %v", health.Config, label, info.Labels)
+	}
+	delete(info.Labels, label)
+	if _, err := cs.Update(ctx, info, "labels."+label); err != nil {
+		t.Fatal(err)
+	}
+	// The snapshot is still there; only the reference is gone.
+	if r := n.precache(nil, "status", "--image", ref); r.code != 1 || !strings.Contains(r.stdout, "not unpacked") {
+		t.Fatalf("status with the snapshot unreferenced: exit %d, want 1 saying not unpacked\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	// No registry (a mirror on a refused port): the repair must not need one.
+	deadHosts := filepath.Join(t.TempDir(), "certs.d")
+	if err := testenv.WriteHostsDir(deadHosts, "http://127.0.0.1:1", "docker.io"); err != nil {
+		t.Fatal(err)
+	}
+	r := n.precache([]string{"PRECACHE_HOSTS_DIR=" + deadHosts}, "bootstrap", "--image", ref)
+	if r.code != 0 || !strings.Contains(r.stdout, "unpacked") {
+		t.Fatalf("bootstrap repair without a registry: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if info, _ = cs.Info(ctx, health.Config); info.Labels[label] == "" {
+		t.Errorf("config label not restored by the repair")
+	}
+	n.assertRight(ref, pushed.String())
 }
