@@ -28,11 +28,17 @@ func classify(err error) error {
 	}
 	var dnsErr *net.DNSError
 	var status remoteerrors.ErrUnexpectedStatus
+	var dead *DeadPathError
 	switch {
+	case errors.As(err, &dead):
+		return fmt.Errorf("%w (%w): %w", cache.ErrUnavailable, cache.ErrDeadPath, err)
 	case errors.As(err, &dnsErr):
 		if dnsErr.IsNotFound {
 			// An unknown name will not appear by retrying; fail fast.
 			return fmt.Errorf("%w (the registry's name does not resolve: check the node's DNS, or a mirror in --hosts-dir)", err)
+		}
+		if dnsErr.IsTimeout {
+			return fmt.Errorf("%w (%w): %w", cache.ErrUnavailable, cache.ErrDeadPath, err)
 		}
 		return fmt.Errorf("%w: %w", cache.ErrUnavailable, err)
 	case errors.As(err, &status):
@@ -47,19 +53,26 @@ func classify(err error) error {
 		return err
 	case errdefs.IsNotFound(err):
 		return fmt.Errorf("%w: %w", cache.ErrNotFound, err)
+	case isTimeout(err):
+		// A timeout of containerd's own (a hosts.toml dial_timeout, its header timeout when
+		// --registry-timeout is off): as dead as a deadline of precache's.
+		return fmt.Errorf("%w (%w): %w", cache.ErrUnavailable, cache.ErrDeadPath, err)
 	case isTransientNet(err):
 		return fmt.Errorf("%w: %w", cache.ErrUnavailable, err)
 	}
 	return grpcCause(err)
 }
 
+// isTimeout: a network operation gave up waiting.
+func isTimeout(err error) bool {
+	var netErr net.Error
+	return errors.As(err, &netErr) && netErr.Timeout()
+}
+
+// isTransientNet: a network error that answered (refused, reset, closed early); worth retrying.
 func isTransientNet(err error) bool {
 	var opErr *net.OpError
 	if errors.As(err, &opErr) {
-		return true
-	}
-	var netErr net.Error
-	if errors.As(err, &netErr) && netErr.Timeout() {
 		return true
 	}
 	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) ||

@@ -29,17 +29,31 @@ func configureHosts(ctx context.Context, opts config.HostOptions) docker.Registr
 	return config.ConfigureHosts(ctx, opts)
 }
 
-// withResolver makes every registry connection resolve names through r.
-func withResolver(opts config.HostOptions, r *net.Resolver) config.HostOptions {
-	if r == nil {
-		return opts
-	}
+// withTransport customises every registry client containerd's hosts.toml loader builds
+// (the shared one and each host's own): names resolve through r when it is set, and each
+// request gets t's deadlines (see deadlineTransport). containerd calls UpdateClient again
+// for a host's copy of the shared client, so an already wrapped transport is left alone.
+func withTransport(opts config.HostOptions, r *net.Resolver, t deadlineTransport) config.HostOptions {
 	opts.UpdateClient = func(c *http.Client) error {
-		t, ok := c.Transport.(*http.Transport)
-		if !ok {
+		if _, done := c.Transport.(*deadlineTransport); done {
+			return nil
+		}
+		if ht, ok := c.Transport.(*http.Transport); ok {
+			if r != nil {
+				ht.DialContext = (&net.Dialer{Resolver: r, Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+			}
+			if t.answer > 0 {
+				// The deadline covers the handshake and the headers; containerd's own 10 s and
+				// 30 s limits would only turn a longer --registry-timeout into errors that
+				// containerd retries.
+				ht.TLSHandshakeTimeout, ht.ResponseHeaderTimeout = 0, 0
+			}
+		} else if r != nil {
 			return fmt.Errorf("unexpected registry transport %T", c.Transport)
 		}
-		t.DialContext = (&net.Dialer{Resolver: r, Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+		wrapped := t
+		wrapped.next = c.Transport
+		c.Transport = &wrapped
 		return nil
 	}
 	return opts

@@ -58,6 +58,13 @@ type Config struct {
 	DialTimeout time.Duration
 	// DNS, if set, resolves registry names instead of the node's resolver (--dns-fallback).
 	DNS *net.Resolver
+	// RegistryTimeout bounds each registry request until its response headers (name,
+	// connection, TLS, first byte), per host of hosts.toml; a host that misses it is dead
+	// for a minute. Zero means DefaultRegistryTimeout, negative none.
+	RegistryTimeout time.Duration
+	// RegistryStallTimeout fails a download that receives nothing for that long. Zero means
+	// DefaultRegistryStallTimeout, negative none.
+	RegistryStallTimeout time.Duration
 }
 
 // Store is a cache.Store backed by a containerd daemon.
@@ -547,7 +554,11 @@ func newResolver(ctx context.Context, cfg Config) (remotes.Resolver, error) {
 	if err != nil {
 		return nil, err
 	}
-	hostOpts := withResolver(hostOptions(cfg.HostsDir, creds), cfg.DNS)
+	hostOpts := withTransport(hostOptions(cfg.HostsDir, creds), cfg.DNS, deadlineTransport{
+		answer: orDefault(cfg.RegistryTimeout, DefaultRegistryTimeout),
+		stall:  orDefault(cfg.RegistryStallTimeout, DefaultRegistryStallTimeout),
+		dead:   newDeadHosts(),
+	})
 	r := docker.NewResolver(docker.ResolverOptions{Hosts: configureHosts(ctx, hostOpts)})
 	if ro, ok := r.(remotes.ResolverWithOptions); ok {
 		n := cfg.MaxConcurrentDownloads
