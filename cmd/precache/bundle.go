@@ -76,7 +76,7 @@ containerd; --from-containerd exports what this node already has instead.`,
 				}
 				src = store
 			} else {
-				reg, err := pcontainerd.NewRegistry(ctx, pcontainerd.Config{HostsDir: a.global.hostsDir, DockerConfig: a.global.dockerCfg})
+				reg, err := pcontainerd.NewRegistry(ctx, a.registryConfig())
 				if err != nil {
 					return err
 				}

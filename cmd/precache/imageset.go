@@ -89,7 +89,29 @@ func (a *app) openStore(ctx context.Context, sf storeFlags) (*pcontainerd.Store,
 		DockerConfig:           a.global.dockerCfg,
 		MaxConcurrentDownloads: sf.maxDownloads,
 		DialTimeout:            5 * time.Second,
+		RegistryTimeout:        registryLimit(a.global.registryTimeout),
+		RegistryStallTimeout:   registryLimit(a.global.registryStallTimeout),
 	})
+}
+
+// registryConfig is the adapter's configuration for commands that reach registries
+// without a containerd (precache bundle).
+func (a *app) registryConfig() pcontainerd.Config {
+	return pcontainerd.Config{
+		HostsDir:             a.global.hostsDir,
+		DockerConfig:         a.global.dockerCfg,
+		RegistryTimeout:      registryLimit(a.global.registryTimeout),
+		RegistryStallTimeout: registryLimit(a.global.registryStallTimeout),
+	}
+}
+
+// registryLimit maps a --registry-*timeout flag to the adapter's setting, where zero
+// means its default: the flag's 0 is "no limit".
+func registryLimit(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
 
 var _ cache.Store = (*pcontainerd.Store)(nil)

@@ -4,11 +4,13 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 
+	pcontainerd "github.com/precache/precache/internal/containerd"
 	"github.com/precache/precache/internal/logging"
 )
 
@@ -22,6 +24,9 @@ type globalFlags struct {
 	platform    string
 	logFormat   string
 	verbosity   int
+	// registryTimeout and registryStallTimeout: 0 turns precache's own limit off.
+	registryTimeout      time.Duration
+	registryStallTimeout time.Duration
 }
 
 type app struct {
@@ -44,6 +49,9 @@ then restart calico-node without pulling anything.`,
 			if err := applyEnv(cmd); err != nil {
 				return &usageError{err}
 			}
+			if a.global.registryTimeout < 0 || a.global.registryStallTimeout < 0 {
+				return &usageError{fmt.Errorf("--registry-timeout and --registry-stall-timeout cannot be negative (0 means no limit)")}
+			}
 			log, err := logging.New(cmd.ErrOrStderr(), logging.Format(a.global.logFormat), a.global.verbosity)
 			if err != nil {
 				return &usageError{err}
@@ -59,6 +67,12 @@ then restart calico-node without pulling anything.`,
 	envFlag(f, &a.global.snapshotter, "snapshotter", "CONTAINERD_SNAPSHOTTER", "overlayfs", "snapshotter to unpack into (the CRI's)")
 	envFlag(f, &a.global.hostsDir, "hosts-dir", "PRECACHE_HOSTS_DIR", "/etc/containerd/certs.d", "containerd registry host configuration directory (hosts.toml: mirrors, CAs, http)")
 	envFlag(f, &a.global.dockerCfg, "docker-config", "PRECACHE_DOCKER_CONFIG", "", "docker config.json with registry credentials (default $DOCKER_CONFIG/config.json or ~/.docker/config.json)")
+	f.DurationVar(&a.global.registryTimeout, "registry-timeout", pcontainerd.DefaultRegistryTimeout,
+		"how long a registry host may take to answer a request (name, connection, TLS, first byte) before it is left for the next host of hosts.toml, or the bundle; 0: no limit of precache's own")
+	annotateEnv(f.Lookup("registry-timeout"), "PRECACHE_REGISTRY_TIMEOUT")
+	f.DurationVar(&a.global.registryStallTimeout, "registry-stall-timeout", pcontainerd.DefaultRegistryStallTimeout,
+		"how long a download may receive nothing before it fails (a slow registry that keeps sending is waited for); 0: no limit")
+	annotateEnv(f.Lookup("registry-stall-timeout"), "PRECACHE_REGISTRY_STALL_TIMEOUT")
 	envFlag(f, &a.global.platform, "platform", "PRECACHE_PLATFORM", "", "node platform to fetch and unpack, e.g. linux/arm64 (default this node's)")
 	envFlag(f, &a.global.logFormat, "log-format", "PRECACHE_LOG_FORMAT", "", "console or json (default console on a terminal, json otherwise)")
 	f.CountVarP(&a.global.verbosity, "verbose", "v", "log more: -v debug, -vv the libraries' debug too")
