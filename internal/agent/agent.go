@@ -1,5 +1,5 @@
-// Package agent is `precache agent`, the DaemonSet: it watches the few objects that say
-// which Calico the cluster runs and keeps this node's images right — the running
+// Package agent is `precache agent`, the DaemonSet: it follows the objects that say which
+// Calico the cluster runs and keeps this node's images right — the running
 // version's and, as soon as an upgrade is applied to the calico-node DaemonSet, the new
 // version's, before the rollout reaches the node. Images of the old version stay pinned
 // until this node's calico-node runs the new one.
@@ -112,6 +112,8 @@ type Agent struct {
 	watched map[string]bool
 	// operator is what was last read to version digest-only references.
 	operator *operatorFacts
+	// workloads are Calico's workloads besides calico-node, as last read.
+	workloads *workloadFacts
 }
 
 type cacheLister struct {
@@ -151,8 +153,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer broadcaster.Shutdown()
 	a.recorder = broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "precache", Host: a.cfg.NodeName})
 
-	// Watches, restricted to the few objects discovery needs: the calico-node DaemonSet
-	// (by name) and this node's calico-node pod (by node and label), in each namespace.
+	// Watches, restricted to the objects that change first in an upgrade and on this node:
+	// the calico-node DaemonSet (by name) and this node's calico-node pod (by node and
+	// label), in each namespace. The other workloads are read (withWorkloads).
 	var factories []informers.SharedInformerFactory
 	onChange := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { a.kick() },
@@ -359,14 +362,8 @@ func storeGone(err error) bool {
 
 func (a *Agent) reconcile(ctx context.Context, store Store) error {
 	start := time.Now()
-	snap := a.snapshot()
-	if err := a.withOperatorFacts(ctx, &snap); err != nil {
-		a.failed(ctx, "NoCalico", err)
-		return err
-	}
-	d, err := cluster.Resolve(snap)
+	d, err := a.discover(ctx)
 	if err != nil {
-		a.forgetOperatorFacts()
 		a.failed(ctx, "NoCalico", err)
 		return err
 	}
@@ -469,7 +466,24 @@ func reason(err error) string {
 	return "other"
 }
 
-// snapshot builds discovery's input from the informer caches: no API call.
+// discover decides what the cluster runs: the watched objects, the other workloads and,
+// for digest-only references, the operator's objects.
+func (a *Agent) discover(ctx context.Context) (*cluster.Discovery, error) {
+	snap := a.snapshot()
+	a.withWorkloads(ctx, &snap)
+	if err := a.withOperatorFacts(ctx, &snap); err != nil {
+		return nil, err
+	}
+	d, err := cluster.Resolve(snap)
+	if err != nil {
+		a.forgetOperatorFacts()
+		return nil, err
+	}
+	return d, nil
+}
+
+// snapshot builds discovery's input from the informer caches: no API call. It covers
+// calico-node only; withWorkloads adds the rest.
 func (a *Agent) snapshot() cluster.Snapshot {
 	var s cluster.Snapshot
 	for _, l := range a.dsListers {

@@ -18,6 +18,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/cache"
 
 	pcache "github.com/precache/precache/internal/cache"
@@ -139,11 +140,24 @@ func calicoNode(ns, version string) *appsv1.DaemonSet {
 	}
 }
 
-// newTestAgent is an agent whose informer caches hold the calico-node DaemonSet at
-// version and this node's calico-node pod running runs (no pod if empty), and a store
-// whose registry serves the discovered set.
+func kubeControllers(ns, version string) *appsv1.Deployment {
+	return &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "calico-kube-controllers"},
+		Spec: appsv1.DeploymentSpec{Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{
+			Containers: []corev1.Container{{Name: "calico-kube-controllers", Image: "docker.io/calico/kube-controllers:" + version}},
+		}}},
+	}
+}
+
+// newTestAgent is an agent on a manifest install without typha (calico.yaml): its informer
+// caches hold the calico-node DaemonSet at version and this node's calico-node pod running
+// runs (no pod if empty), the API the calico-kube-controllers Deployment; and a store whose
+// registry serves the discovered set.
 func newTestAgent(t *testing.T, cfg Config, version, runs string) (*Agent, *fakeStore, *cluster.Discovery) {
 	t.Helper()
+	if cfg.Clients.Kube == nil {
+		cfg.Clients.Kube = fake.NewClientset(kubeControllers("kube-system", version))
+	}
 	a := New(cfg)
 	a.backoff, a.settle = 10*time.Millisecond, 10*time.Millisecond
 	ds := cache.NewStore(cache.MetaNamespaceKeyFunc)
@@ -162,7 +176,7 @@ func newTestAgent(t *testing.T, cfg Config, version, runs string) (*Agent, *fake
 	}
 	a.dsListers = []cacheLister{{ns: "kube-system", store: ds}}
 	a.podListers = []cacheLister{{ns: "kube-system", store: pods}}
-	d, err := cluster.Resolve(a.snapshot())
+	d, err := a.discover(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
