@@ -8,13 +8,11 @@ import (
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/precache/precache/internal/agent"
 	"github.com/precache/precache/internal/cache"
 	"github.com/precache/precache/internal/cluster"
 	"github.com/precache/precache/internal/doctor"
-	"github.com/precache/precache/internal/hostfs"
 	"github.com/precache/precache/internal/manifest"
 )
 
@@ -30,12 +28,14 @@ func newAgentCommand(a *app) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run as the DaemonSet: keep this node's Calico images right, ahead of upgrades",
-		Long: `agent watches the calico-node DaemonSet and this node's calico-node pod, and keeps the
-images the cluster runs — and, as soon as an upgrade is applied, the new version's — present,
-verified, unpacked and pinned, before the rollout reaches the node. The previous version's
-images stay pinned until this node's calico-node runs the new one. It serves /metrics,
-/healthz and /readyz, records Events on the Node, and rides out containerd restarts and
-API server outages.`,
+		Long: `agent watches the calico-node DaemonSet and this node's calico-node pod, reads Calico's
+other workloads (the kube-controllers and typha Deployments, csi-node-driver) when those change
+and at each resync, and keeps the images the cluster runs — and, as soon as an upgrade is
+applied, the new version's — present, verified, unpacked and pinned, before the rollout
+reaches the node. The previous version's images stay pinned until this node's calico-node
+runs the new one. It serves /metrics, /healthz and /readyz, records Events on the Node
+(failures, recoveries, and whether the node's DNS depends on the cluster, as doctor's
+dns-loop check sees it), and rides out containerd restarts and API server outages.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -69,7 +69,7 @@ API server outages.`,
 			ag := agent.New(agent.Config{
 				NodeName: nodeName, Clients: clients, Resync: resync, SelfImage: selfImage, Extra: extra,
 				MetricsAddr: metricsAddr, Log: a.log, Profiling: profiling,
-				Root: root, ClusterDNS: clusterDNS(ctx, clients, hostfs.Root(root), kubeletConfig),
+				Root: root, KubeletConfig: kubeletConfig,
 				Open: func(ctx context.Context) (agent.Store, func() error, error) {
 					s, err := a.openStore(ctx, sf)
 					if err != nil {
@@ -98,30 +98,11 @@ API server outages.`,
 	f.DurationVar(&resync, "resync", 10*time.Minute, "periodic reconcile (jittered ±10 %), on top of watch events")
 	annotateEnv(f.Lookup("resync"), "PRECACHE_RESYNC")
 	envFlag(f, &root, "root", "PRECACHE_ROOT", "/", "the node's root filesystem, for the DNS-loop check (the DaemonSet mounts it at /host)")
-	envFlag(f, &kubeletConfig, "kubelet-config", "PRECACHE_KUBELET_CONFIG", "", "the kubelet's config file under --root, for its clusterDNS (default: "+strings.Join(doctor.KubeletConfigPaths, ", else ")+")")
+	envFlag(f, &kubeletConfig, "kubelet-config", "PRECACHE_KUBELET_CONFIG", "", "the kubelet's config file under --root, for its clusterDNS and resolvConf (default: "+strings.Join(doctor.KubeletConfigPaths, ", else ")+")")
 	f.BoolVar(&profiling, "profiling", false, "serve Go's pprof under /debug/pprof/ on --metrics-address")
 	f.StringArrayVar(&images, "image", nil, "more images to keep (repeatable)")
 	annotateEnv(f.Lookup("image"), "PRECACHE_IMAGES")
 	f.IntVar(&sf.maxDownloads, "max-concurrent-downloads", 3, "layer downloads at once")
 	annotateEnv(f.Lookup("max-concurrent-downloads"), "PRECACHE_MAX_CONCURRENT_DOWNLOADS")
 	return cmd
-}
-
-// clusterDNS is the kubelet's clusterDNS (its config file read under root), or the
-// kube-dns/coredns Service's IPs (one GET, at start).
-func clusterDNS(ctx context.Context, clients cluster.Clients, root hostfs.Root, kubeletConfig string) []string {
-	if k, err := doctor.FindKubelet(root, kubeletConfig); err == nil && len(k.ClusterDNS) > 0 {
-		return k.ClusterDNS
-	}
-	for _, name := range []string{"kube-dns", "coredns"} {
-		svc, err := clients.Kube.CoreV1().Services("kube-system").Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			continue
-		}
-		if len(svc.Spec.ClusterIPs) > 0 {
-			return svc.Spec.ClusterIPs
-		}
-		return []string{svc.Spec.ClusterIP}
-	}
-	return nil
 }

@@ -74,10 +74,12 @@ type Config struct {
 	Extra []manifest.Image
 	// MetricsAddr serves /metrics, /healthz and /readyz.
 	MetricsAddr string
-	// Root is the node's root filesystem (the DaemonSet mounts it at /host), for the DNS loop check.
+	// Root is the node's root filesystem (the DaemonSet mounts it at /host), for the DNS loop
+	// check: its resolvers, and the kubelet's config (clusterDNS, resolvConf).
 	Root string
-	// ClusterDNS are the cluster DNS service IPs (the kubelet's clusterDNS or the kube-dns Service).
-	ClusterDNS []string
+	// KubeletConfig is the kubelet's config file, a node path under Root ("": the first of
+	// doctor.KubeletConfigPaths that exists).
+	KubeletConfig string
 	// Profiling serves net/http/pprof under /debug/pprof/ on MetricsAddr.
 	Profiling bool
 	// OnSetRight, if set, is called after each reconcile that left every wanted image
@@ -114,6 +116,8 @@ type Agent struct {
 	operator *operatorFacts
 	// workloads are Calico's workloads besides calico-node, as last read.
 	workloads *workloadFacts
+	// dns is what the API said of the cluster's DNS, as last read.
+	dns *dnsObjects
 }
 
 type cacheLister struct {
@@ -438,7 +442,7 @@ func (a *Agent) reconcile(ctx context.Context, store Store) error {
 	} else {
 		a.log.Info("keeping the previous version pinned until calico-node runs the new one", zap.String("running", running.String()), zap.String("wanted", d.Version))
 	}
-	a.checkDNS()
+	a.checkDNS(ctx)
 	a.metrics.reconciles.WithLabelValues("ok").Inc()
 	a.metrics.lastSuccess.SetToCurrentTime()
 	a.recovered(ctx, fmt.Sprintf("%d images of Calico %s present, verified, unpacked and pinned", len(want), d.Version))
@@ -605,9 +609,12 @@ func (a *Agent) unpinStale(ctx context.Context, store Store, managed []pcache.Im
 	return nil
 }
 
-// checkDNS runs doctor's DNS-loop check on the node's files: the metric, and an Event
-// when the node becomes (or stops being) one calico-node loss away from the loop.
-func (a *Agent) checkDNS() {
+// checkDNS runs doctor's DNS-loop check with doctor's inputs — the node's resolvers, the
+// kubelet's clusterDNS and resolvConf, the CoreDNS Service and node-local DNS's ConfigMap —
+// so it tells the CoreDNS service IP from node-local DNS and sees where node-local DNS
+// forwards: the metric, and an Event when the node becomes (or stops being) one calico-node
+// loss away from the loop.
+func (a *Agent) checkDNS(ctx context.Context) {
 	if a.cfg.Root == "" {
 		return
 	}
@@ -616,7 +623,7 @@ func (a *Agent) checkDNS() {
 		a.metrics.dnsLoop.Set(-1)
 		return
 	}
-	res := doctor.DNSLoop(r, a.cfg.ClusterDNS, []string{"precache bootstrap --dns-fallback IP", "a bundle on disk"})
+	res := doctor.Loop(r, a.clusterDNS(ctx), []string{"precache bootstrap --dns-fallback IP", "a bundle on disk"})
 	fail := res.Status == doctor.Fail
 	switch res.Status {
 	case doctor.Fail:

@@ -61,7 +61,7 @@ func newMetrics() *metrics {
 			Help: "Unix time of the last reconcile that left every desired image right."}),
 		reconciles: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "precache_reconciles_total", Help: "Reconciles, by result."}, []string{"result"}),
 		dnsLoop: prometheus.NewGauge(prometheus.GaugeOpts{Name: "precache_dns_depends_on_cluster",
-			Help: "1 when the node's only resolvers are the cluster DNS service (the DNS-CNI loop, precache doctor's dns-loop FAIL), 0 when not, -1 when unknown."}),
+			Help: "1 when the node's name resolution depends on the cluster (precache doctor's dns-loop FAIL: its only resolver is the CoreDNS service, or node-local DNS that sends names outside the cluster back into it), 0 when not, -1 when unknown."}),
 	}
 	m.dnsLoop.Set(-1)
 	m.reg.MustRegister(m.desired, m.present, m.pinned, m.pull, m.failures, m.lastSuccess, m.reconciles, m.dnsLoop, apiRequests,

@@ -493,6 +493,20 @@ func TestDiscoveryAsServiceAccount(t *testing.T) {
 	if !apierrors.IsForbidden(err) {
 		t.Fatalf("getting DaemonSet kube-proxy as the ServiceAccount: %v, want Forbidden", err)
 	}
+	// The DNS-loop check's objects, and no other ConfigMap.
+	for _, name := range []string{"nodelocaldns", "node-local-dns"} {
+		if _, err := sa.CoreV1().ConfigMaps("kube-system").Get(t.Context(), name, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			t.Errorf("getting ConfigMap kube-system/%s as the ServiceAccount: %v, want NotFound (allowed, absent)", name, err)
+		}
+	}
+	for _, name := range []string{"kube-proxy", "coredns"} {
+		if _, err := sa.CoreV1().ConfigMaps("kube-system").Get(t.Context(), name, metav1.GetOptions{}); !apierrors.IsForbidden(err) {
+			t.Errorf("getting ConfigMap kube-system/%s as the ServiceAccount: %v, want Forbidden", name, err)
+		}
+	}
+	if _, err := sa.CoreV1().ConfigMaps("kube-system").List(t.Context(), metav1.ListOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("listing ConfigMaps as the ServiceAccount: %v, want Forbidden", err)
+	}
 }
 
 // TestBootstrapFromCluster: bootstrap reads the set from the API, pulls, records state;
