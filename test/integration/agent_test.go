@@ -122,23 +122,10 @@ func TestAgentFollowsAnUpgrade(t *testing.T) {
 	})
 	eventually(t, 10*time.Second, "/readyz ok", func() error { return httpOK("http://" + addr + "/readyz") })
 
-	// An upgrade is applied: the DaemonSet moves to the new tag.
-	ds, err := kubeClient.AppsV1().DaemonSets("kube-system").Get(t.Context(), "calico-node", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range ds.Spec.Template.Spec.InitContainers {
-		c := &ds.Spec.Template.Spec.InitContainers[i]
-		c.Image = strings.Replace(c.Image, oldV, newV, 1)
-	}
-	for i := range ds.Spec.Template.Spec.Containers {
-		c := &ds.Spec.Template.Spec.Containers[i]
-		c.Image = strings.Replace(c.Image, oldV, newV, 1)
-	}
+	// An upgrade is applied as kubectl apply -f calico-typha.yaml applies it: the DaemonSet,
+	// then the kube-controllers and typha Deployments, move to the new tag.
 	changed := time.Now()
-	if _, err := kubeClient.AppsV1().DaemonSets("kube-system").Update(t.Context(), ds, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	upgradeWorkloads(t, oldV, newV)
 	eventually(t, 30*time.Second, "the new version's images pinned", pinnedSet(newV))
 	t.Logf("new version pre-pulled and pinned %s after the DaemonSet changed", time.Since(changed).Round(time.Millisecond))
 	if err := pinnedSet(oldV)(); err != nil {
@@ -217,6 +204,38 @@ func TestAgentFollowsAnUpgrade(t *testing.T) {
 	}
 }
 
+// upgradeWorkloads moves the images of calico-node, calico-kube-controllers and
+// calico-typha in kube-system from one release to another, in the order of the release
+// manifest.
+func upgradeWorkloads(t *testing.T, from, to string) {
+	t.Helper()
+	move := func(spec *corev1.PodSpec) {
+		for _, cs := range [][]corev1.Container{spec.InitContainers, spec.Containers} {
+			for i := range cs {
+				cs[i].Image = strings.Replace(cs[i].Image, ":"+from, ":"+to, 1)
+			}
+		}
+	}
+	ds, err := kubeClient.AppsV1().DaemonSets("kube-system").Get(t.Context(), "calico-node", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	move(&ds.Spec.Template.Spec)
+	if _, err := kubeClient.AppsV1().DaemonSets("kube-system").Update(t.Context(), ds, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"calico-kube-controllers", "calico-typha"} {
+		d, err := kubeClient.AppsV1().Deployments("kube-system").Get(t.Context(), name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		move(&d.Spec.Template.Spec)
+		if _, err := kubeClient.AppsV1().Deployments("kube-system").Update(t.Context(), d, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func eventually(t *testing.T, d time.Duration, what string, f func() error) {
 	t.Helper()
 	deadline := time.Now().Add(d)
@@ -256,6 +275,20 @@ func httpOK(url string) error {
 		return fmt.Errorf("%s: %d %s", url, resp.StatusCode, b)
 	}
 	return nil
+}
+
+// fetch GETs url's body, or says why not.
+func fetch(url string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
 }
 
 func httpGet(t *testing.T, url string) string {
@@ -523,6 +556,90 @@ func TestAgentOperatorImageSet(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestAgentRunsWhatTheClusterRuns: on a manifest install made from the release's
+// calico.yaml (calico-node and calico-kube-controllers, no calico-typha Deployment), the
+// agent — as its ServiceAccount, with deploy/'s RBAC — keeps exactly the images those
+// workloads run: once it has reconciled, containerd holds no calico/typha record, though
+// the registry has the image.
+func TestAgentRunsWhatTheClusterRuns(t *testing.T) {
+	needAPI(t)
+	applyRelease(t, "calico-v3.30.2.yaml", "docker.io", dockerVersion)
+	n := newNode(t)
+	p := startAgent(t, n, nil, "--kubeconfig", saKubecfg)
+	eventually(t, 60*time.Second, "a reconcile that left the set right", func() error {
+		body, err := fetch("http://" + p.addr + "/metrics")
+		if err != nil {
+			return err // not serving yet
+		}
+		if !strings.Contains(body, `precache_reconciles_total{result="ok"}`) {
+			return fmt.Errorf("no successful reconcile yet")
+		}
+		return nil
+	})
+	want := []string{"docker.io/calico/cni:" + dockerVersion, "docker.io/calico/kube-controllers:" + dockerVersion, "docker.io/calico/node:" + dockerVersion}
+	for _, name := range want {
+		if l := n.image(name).Labels; l[cache.LabelCRIPinned] != "pinned" || l[cache.LabelManaged] != "true" {
+			t.Errorf("%s: labels %v", name, l)
+		}
+	}
+	for _, name := range n.imageNames() {
+		if manifest.MustParseRef(name).Path() == "calico/typha" {
+			t.Errorf("containerd holds %s: the cluster runs no typha", name)
+		}
+	}
+	if body := httpGet(t, "http://"+p.addr+"/metrics"); !strings.Contains(body, "precache_images_desired 3\n") {
+		t.Errorf("/metrics: want precache_images_desired 3 (node, cni, kube-controllers)\n%s", grepLines(body, "precache_images_"))
+	}
+	p.stop(t)
+}
+
+// TestAgentNodeLocalDNSLoop: on a node as Kubespray leaves it by default (node-local DNS,
+// upstream_dns_servers empty: the nodelocaldns ConfigMap forwards names outside the cluster
+// to its resolv.conf, the kubelet's resolvConf, which names node-local DNS), the agent — as
+// its ServiceAccount — reads the ConfigMap as doctor does and reports that the node's DNS
+// depends on the cluster: the metric is 1 and the Node gets a Warning naming node-local DNS.
+func TestAgentNodeLocalDNSLoop(t *testing.T) {
+	needAPI(t)
+	applyRelease(t, "calico-v3.30.2.yaml", "docker.io", dockerVersion)
+	kubeDNS(t)
+	nodeLocalDNS(t, "/etc/resolv.conf")
+	const nodeName = "node-nodelocal"
+	n := newNode(t)
+	root := ubuntuNodeLocalRoot(t, "")
+	p := startAgent(t, n, nil, "--kubeconfig", saKubecfg, "--node-name", nodeName, "--root", root)
+	eventually(t, 60*time.Second, "the DNS loop reported", func() error {
+		body, err := fetch("http://" + p.addr + "/metrics")
+		if err != nil {
+			return err // not serving yet
+		}
+		if !strings.Contains(body, "precache_dns_depends_on_cluster 1\n") {
+			return fmt.Errorf("%s", grepLines(body, "precache_dns_depends_on_cluster "))
+		}
+		return nodeEvent(t, nodeName, "Warning", "PrecacheDNSLoop")
+	})
+	evs, err := kubeClient.CoreV1().Events("default").List(t.Context(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range evs.Items {
+		if e.InvolvedObject.Name == nodeName && e.Reason == "PrecacheDNSLoop" && !strings.Contains(e.Message, "node-local DNS sends names outside the cluster back into the cluster") {
+			t.Errorf("the Event does not name node-local DNS's forwarding: %s", e.Message)
+		}
+	}
+	p.stop(t)
+}
+
+// grepLines keeps the lines of s that start with prefix.
+func grepLines(s, prefix string) string {
+	var out []string
+	for _, line := range strings.Split(s, "\n") {
+		if strings.HasPrefix(line, prefix) {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 // runCalicoNode creates node's calico-node pod, running image.
