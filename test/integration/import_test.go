@@ -416,16 +416,7 @@ func TestImportKilledMidwayConverges(t *testing.T) {
 	}
 	data := ociBundle(t, "", map[string]v1.ImageIndex{ref: idx}, ref)
 	n := newNode(t)
-
-	cmd := exec.Command(binary, "import", "-")
-	cmd.Env = append(os.Environ(), "CONTAINERD_ADDRESS="+n.Address, "PRECACHE_LOG_FORMAT=json")
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	cmd, stdin, _ := n.importFromStdin()
 	// Feed 60% of the bundle, then kill it while it waits for the rest.
 	if _, err := stdin.Write(data[:len(data)*6/10]); err != nil {
 		t.Fatal(err)

@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -177,17 +178,7 @@ func TestGCDuringImportAndPull(t *testing.T) {
 		}
 		data := ociBundle(t, "", map[string]v1.ImageIndex{ref: idx}, ref)
 		n := newNode(t)
-		cmd := exec.Command(binary, "import", "-")
-		cmd.Env = append(os.Environ(), "CONTAINERD_ADDRESS="+n.Address, "PRECACHE_LOG_FORMAT=json")
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		stdin, err := cmd.StdinPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
+		cmd, stdin, stderr := n.importFromStdin()
 		stop := gcLoop(t, n)
 		// Feed the bundle slowly, so collections fall between blobs and mid-blob.
 		for chunk := range slices.Chunk(data, len(data)/20+1) {
@@ -315,4 +306,21 @@ func TestUnpackedFollowsTheConfigLabel(t *testing.T) {
 		t.Errorf("config label not restored by the repair")
 	}
 	n.assertRight(ref, pushed.String())
+}
+
+// importFromStdin starts `precache import -` against n; the caller feeds stdin and waits.
+func (n *node) importFromStdin() (*exec.Cmd, io.WriteCloser, *bytes.Buffer) {
+	n.t.Helper()
+	cmd := exec.Command(binary, "import", "-")
+	cmd.Env = append(os.Environ(), "CONTAINERD_ADDRESS="+n.Address, "PRECACHE_LOG_FORMAT=json")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		n.t.Fatal(err)
+	}
+	return cmd, stdin, &stderr
 }
