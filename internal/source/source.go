@@ -161,7 +161,7 @@ func (d *Decider) Run(ctx context.Context, set []manifest.Image) (Outcome, error
 		}
 		res, perr := d.Registry.Pull(ctx, want)
 		if perr != nil && d.Local != nil {
-			out.Path, out.Fallback, out.Reason = PathBundle, true, "the pull failed: "+firstLine(perr.Error())
+			out.Path, out.Fallback, out.Reason = PathBundle, true, "the pull failed: "+summarize(perr)
 			log.Warn("falling back to the bundle", zap.String("source", d.Local.Name()), zap.String("reason", out.Reason), zap.Duration("since_start", time.Since(d.Start)))
 			break
 		}
@@ -280,6 +280,16 @@ func allOK(rows []cache.Row) bool {
 		}
 	}
 	return true
+}
+
+// summarize says what went wrong in one line: for a set, how many and the first cause.
+func summarize(err error) string {
+	var se *cache.SetError
+	if errors.As(err, &se) && len(se.Errs) > 0 {
+		s := fmt.Sprintf("%d of %d images not right, first %s", se.Failed, se.Total, firstLine(se.Errs[0].Error()))
+		return s
+	}
+	return firstLine(err.Error())
 }
 
 func firstLine(s string) string {

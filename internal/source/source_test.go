@@ -282,7 +282,7 @@ func TestDecide(t *testing.T) {
 				return set
 			},
 			local: true, path: PathBundle, fallback: true, probes: 1, imports: 1,
-			pulls: [][]string{nil}, reasonHas: "the pull failed", right: true,
+			pulls: [][]string{nil}, reasonHas: "the pull failed: 4 of 4 images not right, first connection reset by peer", right: true,
 		},
 		{
 			name: "DNS dead, no bundle: an error saying so",
