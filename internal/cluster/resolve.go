@@ -336,7 +336,7 @@ func (r *resolver) specImages() []manifest.Image {
 			if c.Init {
 				kind = "initContainer"
 			}
-			img := manifest.Image{Ref: ref, Source: fmt.Sprintf("%s %s %s", w, kind, c.Name)}
+			img := manifest.Image{Ref: ref, Part: manifest.PartCalico, Source: fmt.Sprintf("%s %s %s", w, kind, c.Name)}
 			if ref.Digest != "" {
 				img.DigestSource, img.ByDigest = img.Source, true
 			}
@@ -408,7 +408,7 @@ func (r *resolver) upgrade(set []manifest.Image, next candidate) []manifest.Imag
 			continue
 		}
 		have[ref.TagName()] = true
-		up, _ := manifest.Describe(manifest.Image{Ref: ref, Source: fmt.Sprintf("upgrade to %s: the successor of %s", next.version, img.Ref.Display())}, r.d.ImagePrefix)
+		up, _ := manifest.Describe(manifest.Image{Ref: ref, Part: manifest.PartCalico, Source: fmt.Sprintf("upgrade to %s: the successor of %s", next.version, img.Ref.Display())}, r.d.ImagePrefix)
 		set = append(set, up)
 	}
 	return set

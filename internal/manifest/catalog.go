@@ -131,14 +131,15 @@ func DefaultRegistry(v Version, variant Variant) string {
 	return "quay.io"
 }
 
-// Describe fills img's Component, Role and Optional from the catalog when the last element
-// of its repository is a Calico component's name, with or without the operator's
-// imagePrefix ("…/calico/node", "…/calico/myprefix-node"). ok is false for other images.
+// Describe fills img's Part (calico), Component, Role and Optional from the catalog when
+// the last element of its repository is a Calico component's name, with or without the
+// operator's imagePrefix ("…/calico/node", "…/calico/myprefix-node"). ok is false for
+// other images.
 func Describe(img Image, prefix string) (Image, bool) {
 	base := img.Ref.Base()
 	for _, c := range components {
 		if base == c.name || prefix != "" && base == prefix+c.name {
-			img.Component, img.Role, img.Optional = c.name, c.role, c.optional
+			img.Part, img.Component, img.Role, img.Optional = PartCalico, c.name, c.role, c.optional
 			return img, true
 		}
 	}

@@ -13,7 +13,11 @@ import (
 type Image struct {
 	// Ref is what is pulled; Ref.Digest, when set, is the digest the image must have.
 	Ref Ref `json:"ref"`
-	// Component is the catalog component ("node", "cni", …), empty for images added by the user.
+	// Part is the part of the recovery set the image belongs to ("calico", "kube-proxy",
+	// "sandbox", …), empty for images added by the user.
+	Part Part `json:"part,omitempty"`
+	// Component is the catalog component for Calico's images ("node", "cni", …), the
+	// container's name for the other parts, empty for images added by the user.
 	Component string `json:"component,omitempty"`
 	// Role says what the image is for.
 	Role string `json:"role,omitempty"`
@@ -79,7 +83,7 @@ func Build(o Options) ([]Image, error) {
 			if err != nil {
 				return nil, fmt.Errorf("rewriting %s with --registry %q --image-path %q --image-prefix %q: %w", c.name, o.Registry, o.ImagePath, o.ImagePrefix, err)
 			}
-			set = append(set, Image{Ref: ref, Component: c.name, Role: c.role, Optional: c.optional, Source: sourceCatalog + v.String() + " (" + string(variant) + ")"})
+			set = append(set, Image{Ref: ref, Part: PartCalico, Component: c.name, Role: c.role, Optional: c.optional, Source: sourceCatalog + v.String() + " (" + string(variant) + ")"})
 		}
 	} else if o.Registry != "" || o.ImagePath != "" || o.ImagePrefix != "" {
 		return nil, fmt.Errorf("--registry, --image-path and --image-prefix rewrite the catalog: set --calico-version too")
@@ -123,7 +127,7 @@ func addOrReplace(set []Image, img Image, prefix string) []Image {
 		}
 		// Only a catalog entry is replaced: two images the user named are both kept.
 		if have.fromCatalog() && (img.Ref.Base() == have.Component || img.Ref.Base() == prefix+have.Component) {
-			img.Component, img.Role, img.Optional = have.Component, have.Role, have.Optional
+			img.Part, img.Component, img.Role, img.Optional = have.Part, have.Component, have.Role, have.Optional
 			set[i] = img
 			return set
 		}
