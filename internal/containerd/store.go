@@ -1,9 +1,10 @@
 // Package containerd is the cache.Store adapter over the containerd v2 Go client.
 //
-// Pulls are client-side (resolver, fetch handlers and the unpacker run in this process,
-// the daemon only stores content and applies layers), not through the Transfer API: that
-// keeps precache working against containerd 1.6 and 1.7 daemons, where the Transfer service
-// does not exist, and lets the core verify a digest before any byte is downloaded.
+// Resolves are client-side (the core checks a digest before any byte is downloaded). Pulls
+// go through the daemon's Transfer service where the daemon serves it and the image can be
+// pulled exactly (transfer.go), and are client-side otherwise (resolver, fetch handlers and
+// the unpacker in this process, the daemon only storing content and applying layers): the
+// path for containerd 1.6, where the Transfer service does not exist.
 package containerd
 
 import (
@@ -63,8 +64,13 @@ type Config struct {
 	// for a minute. Zero means DefaultRegistryTimeout, negative none.
 	RegistryTimeout time.Duration
 	// RegistryStallTimeout fails a download that receives nothing for that long. Zero means
-	// DefaultRegistryStallTimeout, negative none.
+	// DefaultRegistryStallTimeout, negative none. A transfer (daemon-side pull) that makes
+	// no progress for that long is left to the client-side path.
 	RegistryStallTimeout time.Duration
+	// PullPath: PullAuto (empty), PullTransfer or PullClient; see transfer.go.
+	PullPath PullPath
+	// OnPull, if set, hears which path each Fetch took.
+	OnPull func(PullEvent)
 }
 
 // Store is a cache.Store backed by a containerd daemon.
@@ -76,6 +82,8 @@ type Store struct {
 	platform    platforms.MatchComparer
 	spec        ocispec.Platform
 	resolver    remotes.Resolver
+	dead        *deadHosts    // the resolver's registry hosts that did not answer
+	xfer        *transferPath // daemon-side pulls (transfer.go)
 }
 
 var _ cache.Store = (*Store)(nil)
@@ -135,7 +143,13 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("containerd at %s: %w; set --snapshotter to the CRI's (snapshotter in containerd's config)", address, err)
 	}
 
-	resolver, err := newResolver(ctx, cfg)
+	xfer, err := openTransfer(vctx, client, cfg)
+	if err != nil {
+		client.Close()
+		return nil, fmt.Errorf("containerd at %s: %w", address, err)
+	}
+	dead := newDeadHosts()
+	resolver, err := newResolverWith(ctx, cfg, dead)
 	if err != nil {
 		client.Close()
 		return nil, err
@@ -148,6 +162,8 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		platform:    platform,
 		spec:        platforms.Normalize(spec),
 		resolver:    resolver,
+		dead:        dead,
+		xfer:        xfer,
 	}, nil
 }
 
@@ -186,11 +202,12 @@ func (s *Store) Root(ctx context.Context) (string, error) {
 func (s *Store) UseDNS(ctx context.Context, r *net.Resolver) error {
 	cfg := s.cfg
 	cfg.DNS = r
-	resolver, err := newResolver(ctx, cfg)
+	dead := newDeadHosts()
+	resolver, err := newResolverWith(ctx, cfg, dead)
 	if err != nil {
 		return err
 	}
-	s.cfg, s.resolver = cfg, resolver
+	s.cfg, s.resolver, s.dead = cfg, resolver, dead
 	return nil
 }
 
@@ -442,8 +459,12 @@ func (s *Store) WithLease(ctx context.Context) (context.Context, func(context.Co
 // Fetch downloads target for the node platform and unpacks it while layers arrive, as
 // containerd's own client-side pull does; every platform's manifest and config is stored
 // too, so the record keeps the registry's index digest and can be exported whole later.
+// Where the daemon can do exactly that, its Transfer service does it (transfer.go).
 func (s *Store) Fetch(ctx context.Context, ref string, target ocispec.Descriptor) (retErr error) {
 	ctx = s.ctx(ctx)
+	if done, err := s.fetchTransfer(ctx, ref, target); done {
+		return err
+	}
 	name := ref
 	fetcher, err := s.resolver.Fetcher(ctx, name)
 	if err != nil {
@@ -550,6 +571,11 @@ func (s *Store) bestManifestLayers(f images.HandlerFunc) images.HandlerFunc {
 // newResolver builds containerd's own registry resolver from a hosts.toml directory,
 // with credentials from a docker config.json.
 func newResolver(ctx context.Context, cfg Config) (remotes.Resolver, error) {
+	return newResolverWith(ctx, cfg, newDeadHosts())
+}
+
+// newResolverWith is newResolver remembering the hosts that did not answer in dead.
+func newResolverWith(ctx context.Context, cfg Config, dead *deadHosts) (remotes.Resolver, error) {
 	creds, err := dockerCredentials(cfg.DockerConfig)
 	if err != nil {
 		return nil, err
@@ -557,7 +583,7 @@ func newResolver(ctx context.Context, cfg Config) (remotes.Resolver, error) {
 	hostOpts := withTransport(hostOptions(cfg.HostsDir, creds), cfg.DNS, deadlineTransport{
 		answer: orDefault(cfg.RegistryTimeout, DefaultRegistryTimeout),
 		stall:  orDefault(cfg.RegistryStallTimeout, DefaultRegistryStallTimeout),
-		dead:   newDeadHosts(),
+		dead:   dead,
 	})
 	r := docker.NewResolver(docker.ResolverOptions{Hosts: configureHosts(ctx, hostOpts)})
 	if ro, ok := r.(remotes.ResolverWithOptions); ok {
