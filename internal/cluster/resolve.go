@@ -1,6 +1,8 @@
 // Package cluster finds out, from the Kubernetes API, which Calico a cluster runs: its
 // version and install variant, the exact image references its workloads use (custom
-// registries win over the built-in catalog) and the digests it expects or runs.
+// registries win over the built-in catalog) and the digests it expects or runs. It also
+// finds the recovery set's other workloads (addons.go): tigera-operator, kube-proxy,
+// node-local DNS and CoreDNS.
 //
 // Reading (read.go, client-go) is kept apart from deciding (this file, pure): Resolve
 // works on a Snapshot, which the one-shot commands fill with API calls and the agent
