@@ -102,7 +102,8 @@ dns-loop check sees it), and rides out containerd restarts and API server outage
 	f.BoolVar(&profiling, "profiling", false, "serve Go's pprof under /debug/pprof/ on --metrics-address")
 	f.StringArrayVar(&images, "image", nil, "more images to keep (repeatable)")
 	annotateEnv(f.Lookup("image"), "PRECACHE_IMAGES")
-	f.IntVar(&sf.maxDownloads, "max-concurrent-downloads", 3, "layer downloads at once")
+	f.IntVar(&sf.maxDownloads, "max-concurrent-downloads", 3, "layer downloads at once (client-side pulls; containerd's transfer service has its own max_concurrent_downloads)")
 	annotateEnv(f.Lookup("max-concurrent-downloads"), "PRECACHE_MAX_CONCURRENT_DOWNLOADS")
+	sf.registerPullPath(f)
 	return cmd
 }

@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/spf13/pflag"
+	"go.uber.org/zap"
 
 	"github.com/precache/precache/internal/cache"
 	pcontainerd "github.com/precache/precache/internal/containerd"
@@ -77,9 +79,21 @@ func (s *setFlags) build() ([]manifest.Image, error) {
 // storeFlags tune the containerd adapter for commands that pull.
 type storeFlags struct {
 	maxDownloads int
+	pullPath     string
+}
+
+// registerPullPath adds --pull-path to a command that pulls.
+func (s *storeFlags) registerPullPath(f *pflag.FlagSet) {
+	envFlag(f, &s.pullPath, "pull-path", "PRECACHE_PULL_PATH", string(pcontainerd.PullAuto),
+		"how images are pulled: transfer (inside containerd, by its transfer service; containerd 2.x), client (through this process; any containerd), "+
+			"or auto (transfer where containerd serves it). With transfer, containerd reads --hosts-dir at its own path: give the node's")
 }
 
 func (a *app) openStore(ctx context.Context, sf storeFlags) (*pcontainerd.Store, error) {
+	pullPath, err := pcontainerd.ParsePullPath(sf.pullPath)
+	if err != nil {
+		return nil, &usageError{fmt.Errorf("--pull-path: %w", err)}
+	}
 	return pcontainerd.Open(ctx, pcontainerd.Config{
 		Address:                a.global.address,
 		Namespace:              a.global.namespace,
@@ -91,7 +105,23 @@ func (a *app) openStore(ctx context.Context, sf storeFlags) (*pcontainerd.Store,
 		DialTimeout:            5 * time.Second,
 		RegistryTimeout:        registryLimit(a.global.registryTimeout),
 		RegistryStallTimeout:   registryLimit(a.global.registryStallTimeout),
+		PullPath:               pullPath,
+		OnPull:                 a.logPull,
 	})
+}
+
+// logPull logs which path a pull took: a transfer given up for the client-side path is
+// worth a warning, the rest is debug.
+func (a *app) logPull(e pcontainerd.PullEvent) {
+	fields := []zap.Field{zap.String("image", e.Ref), zap.String("path", string(e.Path))}
+	if e.Why != "" {
+		fields = append(fields, zap.String("why", e.Why))
+	}
+	if e.Err != nil {
+		a.log.Warn("transfer given up, pulling through precache", append(fields, zap.Error(e.Err))...)
+		return
+	}
+	a.log.Debug("pull path", fields...)
 }
 
 // registryConfig is the adapter's configuration for commands that reach registries
