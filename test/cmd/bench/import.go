@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 
+	"github.com/precache/precache/internal/bundle"
 	"github.com/precache/precache/test/testenv"
 )
 
@@ -37,6 +39,22 @@ func benchImport(ctx context.Context, w io.Writer, bin, ctrBin, hosts string, ro
 		return err
 	}
 	plainSize, zstSize := fileSize(plain), fileSize(zst)
+
+	// A DNS-dead recovery from a current bundle: the expected digests (the bundle's own
+	// lock, as the cluster or the node's state would give them) and registries behind a
+	// mirror that accepts connections and never answers. Local sources first: the
+	// registry is never asked, so this should cost the import and nothing else.
+	lockFile, deadHosts, stopDead, err := deadRecoverySetup(dir, plain)
+	if err != nil {
+		return err
+	}
+	defer stopDead()
+	recoverCmd := func(c *testenv.Containerd) *exec.Cmd {
+		return exec.CommandContext(ctx, bin, "bootstrap", "--containerd-address", c.Address, "--log-format", "json",
+			"--calico-version", calicoVersion, "--lock", lockFile, "--bundle", plain, "--hosts-dir", deadHosts,
+			"--state-file", "")
+	}
+	var recovery []sample
 
 	type tool struct {
 		name string
@@ -73,6 +91,17 @@ func benchImport(ctx context.Context, w io.Writer, bin, ctrBin, hosts string, ro
 			if err != nil {
 				return fmt.Errorf("%s: %w", tools[i].name, err)
 			}
+		}
+		if err := withContainerd(ctx, func(c *testenv.Containerd) error {
+			s, err := timed(recoverCmd(c))
+			if err == nil && !strings.Contains(s.stdout, "path: bundle (it carries the wanted digests") {
+				err = fmt.Errorf("recovery took another path:\n%s", s.stdout)
+			}
+			recovery = append(recovery, s)
+			fmt.Fprintf(os.Stderr, "import round %d: %-28s %8s\n", round+1, "bootstrap --bundle, DNS dead", s.wall.Round(time.Millisecond))
+			return err
+		}); err != nil {
+			return fmt.Errorf("bootstrap --bundle with a dead registry: %w", err)
 		}
 		err := withContainerd(ctx, func(c *testenv.Containerd) error {
 			s, err := timed(tools[0].cmd(c, zst))
@@ -133,6 +162,9 @@ func benchImport(ctx context.Context, w io.Writer, bin, ctrBin, hosts string, ro
 	ap, ac := median(again[0]), median(again[1])
 	fmt.Fprintf(w, "\nRatios precache/ctr: import **%.2f**, re-import **%.3f**. `precache import` of the `.tar.zst`: median %s.\n",
 		float64(mp.wall)/float64(mc.wall), float64(ap.wall)/float64(ac.wall), median(zstd).wall.Round(10*time.Millisecond))
+	mr := median(recovery)
+	fmt.Fprintf(w, "\nDNS-dead recovery from a current bundle (`bootstrap --lock … --bundle` of the same `.tar`, registries behind a mirror that accepts connections and never answers; the bundle carries the wanted digests, so the registry is never asked): median %s, **%+d ms** against `precache import` of the same file.\n",
+		mr.wall.Round(10*time.Millisecond), (mr.wall - mp.wall).Milliseconds())
 	fmt.Fprintln(w, "\nPeak RSS against bundle size (synthetic single-image bundles, uncompressed layers, unpacked):")
 	fmt.Fprintln(w, "\n| bundle | precache import | peak RSS | ctr import --local | peak RSS |")
 	fmt.Fprintln(w, "|---|---|---|---|---|")
@@ -239,4 +271,55 @@ func writeEntry(tw *tar.Writer, name string, data []byte) error {
 	}
 	_, err := tw.Write(data)
 	return err
+}
+
+// deadRecoverySetup writes the bundle's own lock to a file and a hosts dir whose mirrors
+// for docker.io and quay.io accept TCP connections and never answer.
+func deadRecoverySetup(dir, bundlePath string) (lockFile, hostsDir string, stop func(), err error) {
+	f, err := os.Open(bundlePath)
+	if err != nil {
+		return "", "", nil, err
+	}
+	lock, err := bundle.PeekLock(f)
+	f.Close()
+	if err != nil {
+		return "", "", nil, err
+	}
+	lockFile = filepath.Join(dir, "calico.lock")
+	out, err := os.Create(lockFile)
+	if err != nil {
+		return "", "", nil, err
+	}
+	if err := lock.Encode(out); err != nil {
+		out.Close()
+		return "", "", nil, err
+	}
+	if err := out.Close(); err != nil {
+		return "", "", nil, err
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", "", nil, err
+	}
+	var held []net.Conn
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c) // accepted, never answered
+		}
+	}()
+	hostsDir = filepath.Join(dir, "dead-certs.d")
+	if err := testenv.WriteHostsDir(hostsDir, "http://"+l.Addr().String(), "docker.io", "quay.io"); err != nil {
+		l.Close()
+		return "", "", nil, err
+	}
+	return lockFile, hostsDir, func() {
+		l.Close()
+		for _, c := range held {
+			c.Close()
+		}
+	}, nil
 }

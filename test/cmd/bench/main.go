@@ -58,6 +58,7 @@ type tool struct {
 type sample struct {
 	wall   time.Duration
 	maxRSS int64 // KiB, largest client process
+	stdout string
 }
 
 func run() error {
@@ -206,11 +207,11 @@ func timed(cmd *exec.Cmd) (sample, error) {
 	args := append([]string{"-f", "%M", "-o", f.Name()}, cmd.Args...)
 	wrapped := exec.CommandContext(context.Background(), "/usr/bin/time", args...)
 	wrapped.Env = cmd.Env
-	var out strings.Builder
-	wrapped.Stdout, wrapped.Stderr = io.Discard, &out
+	var out, stdout strings.Builder
+	wrapped.Stdout, wrapped.Stderr = &stdout, &out
 	start := time.Now()
 	err = wrapped.Run()
-	s := sample{wall: time.Since(start)}
+	s := sample{wall: time.Since(start), stdout: stdout.String()}
 	if data, rerr := os.ReadFile(f.Name()); rerr == nil {
 		fields := strings.Fields(string(data))
 		if len(fields) > 0 {
