@@ -24,10 +24,15 @@ import (
 	"github.com/precache/precache/test/testenv"
 )
 
-// TestContainerdConformance: the real adapter passes the suite the in-memory fake passes.
+// TestContainerdConformance: the real adapter, pulling client-side, passes the suite the
+// in-memory fake passes (TestContainerdConformanceTransfer: pulling through the daemon).
 func TestContainerdConformance(t *testing.T) {
 	n := newNode(t)
-	store := n.store()
+	conformance(t, n, n.storeWith(pcontainerd.Config{PullPath: pcontainerd.PullClient}))
+}
+
+// conformance runs cachetest's suite on store, opened on n.
+func conformance(t *testing.T, n *node, store *pcontainerd.Store) {
 	var seed uint64 = 1000
 	resolve := func(t *testing.T, ref string, pushed string) ocispec.Descriptor {
 		desc, err := store.Resolve(t.Context(), ref)
@@ -87,9 +92,15 @@ func (n *node) gc(t *testing.T) {
 
 func (n *node) store() *pcontainerd.Store {
 	n.t.Helper()
-	s, err := pcontainerd.Open(n.t.Context(), pcontainerd.Config{
-		Address: n.Address, Namespace: "k8s.io", Snapshotter: "overlayfs", HostsDir: hostsDir,
-	})
+	return n.storeWith(pcontainerd.Config{})
+}
+
+// storeWith opens the adapter on n with cfg's pull settings (PullPath, OnPull, …) and the
+// node's address, namespace, snapshotter and hosts dir.
+func (n *node) storeWith(cfg pcontainerd.Config) *pcontainerd.Store {
+	n.t.Helper()
+	cfg.Address, cfg.Namespace, cfg.Snapshotter, cfg.HostsDir = n.Address, "k8s.io", "overlayfs", hostsDir
+	s, err := pcontainerd.Open(n.t.Context(), cfg)
 	if err != nil {
 		n.t.Fatal(err)
 	}
