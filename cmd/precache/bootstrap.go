@@ -19,6 +19,7 @@ import (
 	"github.com/precache/precache/internal/cluster"
 	pcontainerd "github.com/precache/precache/internal/containerd"
 	"github.com/precache/precache/internal/dns"
+	"github.com/precache/precache/internal/hostfs"
 	"github.com/precache/precache/internal/manifest"
 	"github.com/precache/precache/internal/source"
 )
@@ -64,6 +65,7 @@ It exits 0 when every image is right, 1 naming each image that is not.`,
 	}
 	fl := cmd.Flags()
 	f.set.register(fl)
+	f.set.registerOnly(fl)
 	fl.IntVar(&f.parallel, "parallel", 4, "images worked on at once")
 	annotateEnv(fl.Lookup("parallel"), "PRECACHE_PARALLEL")
 	fl.IntVar(&f.store.maxDownloads, "max-concurrent-downloads", 6, "layer downloads at once, across all images (client-side pulls; containerd's transfer service has its own max_concurrent_downloads)")
@@ -153,21 +155,35 @@ func (a *app) bootstrap(ctx context.Context, out io.Writer, f bootstrapFlags) er
 // state this node last recorded, and the bundle's own lock. It says which.
 func (a *app) bootstrapSet(ctx context.Context, out io.Writer, f *bootstrapFlags) ([]manifest.Image, string, error) {
 	flagsGiven := f.set.version != "" || len(f.set.images) > 0 || f.set.imagesFile != ""
-	if !f.set.discover() && flagsGiven {
+	parts, err := f.set.parts()
+	if err != nil {
+		return nil, "", err
+	}
+	fromFlags := func() ([]manifest.Image, error) {
 		images, err := f.set.build()
+		return manifest.Only(images, parts), err
+	}
+	if !f.set.discover() && flagsGiven {
+		images, err := fromFlags()
 		return images, "flags", err
 	}
+	// The kubelet's kubeconfig is a node file: read under --root like the others.
+	kubeletConf, _ := hostfs.Root(a.global.root).Resolve(cluster.KubeletConfig)
 	actx, cancel := context.WithTimeout(ctx, f.apiTimeout)
-	found, images, err := a.discoverSet(actx, &f.set, cluster.KubeletConfig)
+	found, images, err := a.discoverSet(actx, &f.set, parts, kubeletConf.Host)
 	cancel()
 	if err == nil {
 		printFacts(out, found)
-		return images, "cluster " + found.Kubeconfig + ", Calico " + found.Version + " (" + string(found.Variant) + ")", nil
+		return images, found.describe(a.global.root), nil
 	}
-	a.log.Warn("cannot read the cluster; falling back", zap.Error(err))
+	var nodeErr *nodeFilesError
 	why := "the cluster could not be read: " + firstLine(err.Error())
+	if errors.As(err, &nodeErr) {
+		why = "the node's files could not be used: " + firstLine(err.Error())
+	}
+	a.log.Warn("cannot discover the set; falling back", zap.Error(err))
 	if flagsGiven {
-		images, err := f.set.build()
+		images, err := fromFlags()
 		return images, "flags, because " + why, err
 	}
 	if st, images, serr := readState(f.stateFile); serr == nil {

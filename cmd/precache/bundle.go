@@ -31,7 +31,8 @@ digests, with a lock (references → digests) inside that import verifies by def
 reads from the registry through --hosts-dir and --docker-config like a pull, and needs no
 containerd; --from-containerd exports what this node already has instead.`,
 		Example: `  precache bundle --calico-version v3.28.1 --platform linux/amd64,linux/arm64 -o calico-v3.28.1.tar.zst
-  precache bundle --calico-version v3.28.1 --from-containerd -o /var/lib/precache/calico.tar.zst`,
+  precache bundle --calico-version v3.28.1 --from-containerd -o /var/lib/precache/calico.tar.zst
+  precache bundle --kubeconfig ~/.kube/config --root /mnt/worker --platform linux/amd64,linux/arm64 -o recovery.tar.zst`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if output == "" {
@@ -44,7 +45,7 @@ containerd; --from-containerd exports what this node already has instead.`,
 			if err != nil {
 				return &usageError{err}
 			}
-			images, err := set.build()
+			images, _, err := a.imageSet(cmd.Context(), &set)
 			if err != nil {
 				return err
 			}
@@ -133,6 +134,7 @@ containerd; --from-containerd exports what this node already has instead.`,
 		},
 	}
 	set.register(cmd.Flags())
+	set.registerOnly(cmd.Flags())
 	cmd.Flags().StringVarP(&output, "output", "o", "", "bundle file to write (- for standard output)")
 	cmd.Flags().StringVar(&compression, "compression", "", "zstd, gzip or none (default from the file name; zstd)")
 	cmd.Flags().StringSliceVar(&platformList, "platform", nil, "platforms whose layers to carry, e.g. linux/amd64,linux/arm64 (default --platform or this node's)")

@@ -26,14 +26,11 @@ const releaseBytes = 2 << 30
 
 func newDoctorCommand(a *app) *cobra.Command {
 	var (
-		set              setFlags
-		root             string
-		kubeletConfig    string
-		containerdConfig string
-		bundlePath       string
-		stateFile        string
-		output           string
-		strict           bool
+		set        setFlags
+		bundlePath string
+		stateFile  string
+		output     string
+		strict     bool
 	)
 	cmd := &cobra.Command{
 		Use:   "doctor",
@@ -54,7 +51,7 @@ links resolved inside it as on the node. Exit code: 0 all OK, 1 any WARN with --
 				return err
 			}
 			ctx := cmd.Context()
-			results := a.doctor(ctx, &set, root, kubeletConfig, containerdConfig, bundlePath, stateFile)
+			results := a.doctor(ctx, &set, a.global.root, a.global.kubeletConfig, a.global.containerdConfig, bundlePath, stateFile)
 			w := cmd.OutOrStdout()
 			if output == "json" {
 				if err := writeJSON(w, results); err != nil {
@@ -71,9 +68,6 @@ links resolved inside it as on the node. Exit code: 0 all OK, 1 any WARN with --
 	}
 	f := cmd.Flags()
 	set.register(f)
-	envFlag(f, &root, "root", "PRECACHE_ROOT", "/", "the node's root filesystem (the DaemonSet mounts it at /host)")
-	envFlag(f, &kubeletConfig, "kubelet-config", "PRECACHE_KUBELET_CONFIG", "", "the kubelet's config file, under --root (default: "+strings.Join(doctor.KubeletConfigPaths, ", else ")+")")
-	envFlag(f, &containerdConfig, "containerd-config", "PRECACHE_CONTAINERD_CONFIG", "/etc/containerd/config.toml", "containerd's config file, under --root")
 	envFlag(f, &bundlePath, "bundle", "PRECACHE_BUNDLE", "", "the bundle bootstrap falls back to, under --root")
 	envFlag(f, &stateFile, "state-file", "PRECACHE_STATE_FILE", DefaultStateFile, "the state bootstrap and the agent record, under --root")
 	f.StringVarP(&output, "output", "o", "table", "table or json")
@@ -98,9 +92,10 @@ func (a *app) doctor(ctx context.Context, set *setFlags, rootDir, kubeletConfig,
 	kubelet, kerr := doctor.FindKubelet(root, kubeletConfig)
 	dns := doctor.NodeClusterDNS(root, kubelet)
 	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	found, discovered, derr := a.discoverSet(actx, set, host(cluster.KubeletConfig))
+	// The images check covers Calico's part of the recovery set.
+	found, discovered, derr := a.discoverSet(actx, set, []manifest.Part{manifest.PartCalico}, host(cluster.KubeletConfig))
 	if derr == nil {
-		images, what = discovered, "Calico "+found.Version
+		images, what = discovered, "Calico "+found.Calico.Version
 	}
 	if cfg, _, err := cluster.Config(set.kubeconfig, host(cluster.KubeletConfig)); err == nil {
 		cfg.Timeout = 5 * time.Second

@@ -24,9 +24,11 @@ type setFlags struct {
 	images      []string
 	imagesFile  string
 	lock        string
-	// discovery from the Kubernetes API
+	// discovery from the Kubernetes API and the node's files
 	fromCluster bool
 	kubeconfig  string
+	// only narrows the recovery set to some of its parts (registerOnly).
+	only []string
 }
 
 func (s *setFlags) register(f *pflag.FlagSet) {
@@ -39,7 +41,7 @@ func (s *setFlags) register(f *pflag.FlagSet) {
 	annotateEnv(f.Lookup("image"), "PRECACHE_IMAGES")
 	envFlag(f, &s.imagesFile, "images-file", "PRECACHE_IMAGES_FILE", "", "file of image references to add or replace, one a line, # comments")
 	envFlag(f, &s.lock, "lock", "PRECACHE_LOCK", "", `lock file of expected digests: {"version":1,"images":{"REF":"sha256:…"}}`)
-	f.BoolVar(&s.fromCluster, "from-cluster", false, "read the Calico version, images and digests from the Kubernetes API (kubeconfig as kubectl finds it)")
+	f.BoolVar(&s.fromCluster, "from-cluster", false, "discover the recovery set: Calico's version, images and digests and the other workloads from the Kubernetes API (kubeconfig as kubectl finds it), the static pods and sandbox image from the node's files under --root")
 	annotateEnv(f.Lookup("from-cluster"), "PRECACHE_FROM_CLUSTER")
 	f.StringVar(&s.kubeconfig, "kubeconfig", "", "kubeconfig to read the cluster with (implies --from-cluster; default $KUBECONFIG, in-cluster, ~/.kube/config)")
 }

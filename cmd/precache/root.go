@@ -12,6 +12,7 @@ import (
 
 	pcontainerd "github.com/precache/precache/internal/containerd"
 	"github.com/precache/precache/internal/logging"
+	"github.com/precache/precache/internal/nodefiles"
 )
 
 // globalFlags are shared by every command.
@@ -27,6 +28,11 @@ type globalFlags struct {
 	// registryTimeout and registryStallTimeout: 0 turns precache's own limit off.
 	registryTimeout      time.Duration
 	registryStallTimeout time.Duration
+	// root is where the node's root filesystem is (/ on the node, /host in the
+	// DaemonSet); kubeletConfig and containerdConfig are node paths under it.
+	root             string
+	kubeletConfig    string
+	containerdConfig string
 }
 
 type app struct {
@@ -39,10 +45,13 @@ func newRootCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "precache",
 		Short: "Keep a node's Calico images in containerd, pulled, verified, unpacked and pinned",
-		Long: `precache keeps the images a node needs to bring its pod network up (Calico's) in
+		Long: `precache keeps the images a node needs to bring its pod network and its DNS back in
 containerd's k8s.io namespace: pulled, digest-verified, unpacked for the kubelet and pinned so
 image garbage collection never removes them. A node whose resolver points at cluster DNS can
-then restart calico-node without pulling anything.`,
+then restart calico-node without pulling anything. Discovered from the cluster and the node's
+files (--kubeconfig, --from-cluster), the set is the recovery set: Calico, tigera-operator,
+kube-proxy, node-local DNS, CoreDNS, the API server proxy and control-plane static pods, and
+containerd's sandbox image; --only narrows it.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
@@ -73,6 +82,11 @@ then restart calico-node without pulling anything.`,
 	f.DurationVar(&a.global.registryStallTimeout, "registry-stall-timeout", pcontainerd.DefaultRegistryStallTimeout,
 		"how long a download may receive nothing before it fails (a slow registry that keeps sending is waited for); 0: no limit")
 	annotateEnv(f.Lookup("registry-stall-timeout"), "PRECACHE_REGISTRY_STALL_TIMEOUT")
+	// The node's files, for every command that reads them (discovery, doctor). The agent
+	// keeps flags of its own with the same names, environment and defaults.
+	envFlag(f, &a.global.root, "root", "PRECACHE_ROOT", "/", "the node's root filesystem, where its files are read (the DaemonSet mounts it at /host)")
+	envFlag(f, &a.global.kubeletConfig, "kubelet-config", "PRECACHE_KUBELET_CONFIG", "", "the kubelet's config file, under --root (default: "+strings.Join(nodefiles.KubeletConfigPaths, ", else ")+")")
+	envFlag(f, &a.global.containerdConfig, "containerd-config", "PRECACHE_CONTAINERD_CONFIG", nodefiles.DefaultContainerdConfig, "containerd's config file, under --root")
 	envFlag(f, &a.global.platform, "platform", "PRECACHE_PLATFORM", "", "node platform to fetch and unpack, e.g. linux/arm64 (default this node's)")
 	envFlag(f, &a.global.logFormat, "log-format", "PRECACHE_LOG_FORMAT", "", "console or json (default console on a terminal, json otherwise)")
 	f.CountVarP(&a.global.verbosity, "verbose", "v", "log more: -v debug, -vv the libraries' debug too")

@@ -18,13 +18,14 @@ func newStatusCommand(a *app) *cobra.Command {
 		Use:   "status",
 		Short: "Show whether each image of the set is present, complete, unpacked and pinned",
 		Long: `status reads containerd (never the registry) and prints one row per desired image. It exits
-1 if any image is not right, so it can serve as a check: precache status ... || precache bootstrap ...`,
+1 if any image is not right, so it can serve as a check: precache status ... || precache bootstrap ...
+With --kubeconfig or --from-cluster the set is the discovered recovery set (see precache images).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := outputFormat(output).validate(); err != nil {
 				return err
 			}
-			images, err := set.build()
+			images, found, err := a.imageSet(cmd.Context(), &set)
 			if err != nil {
 				return err
 			}
@@ -38,15 +39,22 @@ func newStatusCommand(a *app) *cobra.Command {
 				return err
 			}
 			w := cmd.OutOrStdout()
+			if found != nil && output != "json" {
+				printFacts(w, found)
+			}
 			if output == "json" {
 				if err := writeJSON(w, rows); err != nil {
 					return err
 				}
 			} else {
 				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "IMAGE\tDIGEST\tPRESENT\tCOMPLETE\tUNPACKED\tPINNED\tPROBLEM")
+				fmt.Fprintln(tw, "IMAGE\tPART\tDIGEST\tPRESENT\tCOMPLETE\tUNPACKED\tPINNED\tPROBLEM")
 				for i, r := range rows {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", images[i].Ref.Display(), shortDigest(r.Digest.String()),
+					part := string(images[i].Part)
+					if part == "" {
+						part = "-"
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", images[i].Ref.Display(), part, shortDigest(r.Digest.String()),
 						yesNo(r.Present && r.DigestOK), yesNo(r.Complete), yesNo(r.Unpacked), yesNo(r.Pinned), r.Problem)
 				}
 				tw.Flush()
@@ -64,6 +72,7 @@ func newStatusCommand(a *app) *cobra.Command {
 		},
 	}
 	set.register(cmd.Flags())
+	set.registerOnly(cmd.Flags())
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "table or json")
 	return cmd
 }

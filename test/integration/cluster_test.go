@@ -294,6 +294,7 @@ type discoveredJSON struct {
 	Disagreements []string `json:"disagreements"`
 	Images        []struct {
 		Ref          string `json:"ref"`
+		Part         string `json:"part"`
 		Source       string `json:"source"`
 		DigestSource string `json:"digestSource"`
 		TagSource    string `json:"tagSource"`
@@ -301,10 +302,13 @@ type discoveredJSON struct {
 	} `json:"images"`
 }
 
-func discover(t *testing.T, kubeconfig string) discoveredJSON {
+// discover is `precache images --kubeconfig … -o json`, with args added (--root defaults to
+// an empty node root: this machine's own files stay out of the set).
+func discover(t *testing.T, kubeconfig string, args ...string) discoveredJSON {
 	t.Helper()
 	n := &node{t: t, Containerd: &testenv.Containerd{Address: "/nonexistent"}}
-	r := n.precache(nil, "images", "--kubeconfig", kubeconfig, "-o", "json")
+	args = append([]string{"images", "--kubeconfig", kubeconfig, "-o", "json", "--root", t.TempDir()}, args...)
+	r := n.precache(nil, args...)
 	if r.code != 0 {
 		t.Fatalf("precache images --kubeconfig: exit %d\n%s", r.code, r.stderr)
 	}
@@ -399,7 +403,8 @@ func TestDiscoveryOperatorInstall(t *testing.T) {
 			imageSetCR(t, v, digests)
 			createDeploy(t, deployment("tigera-operator", "tigera-operator", container{"tigera-operator", "quay.io/tigera/operator:v1.38.3"}))
 			d := discover(t, adminKubecfg)
-			var want []string
+			// Calico's images, and tigera-operator's own: the operator part of the recovery set.
+			want := []string{"quay.io/tigera/operator:v1.38.3"}
 			for _, c := range operatorComponents {
 				want = append(want, registry+"/calico/"+c+":"+v+"@"+dg(c))
 			}
@@ -408,6 +413,12 @@ func TestDiscoveryOperatorInstall(t *testing.T) {
 				t.Fatalf("discovered %s %s %v\nwant %s operator %v", d.Version, d.Variant, got, v, want)
 			}
 			for _, img := range d.Images {
+				if img.Part == "operator" {
+					if img.Source != "Deployment tigera-operator/tigera-operator container tigera-operator" {
+						t.Errorf("%s: source %q", img.Ref, img.Source)
+					}
+					continue
+				}
 				if !img.ByDigest || !strings.Contains(img.TagSource, "calico-"+v) {
 					t.Errorf("%s: byDigest %t, tag from %q; want by digest, the tag from the ImageSet", img.Ref, img.ByDigest, img.TagSource)
 				}
@@ -488,10 +499,19 @@ func TestDiscoveryAsServiceAccount(t *testing.T) {
 	if !apierrors.IsForbidden(err) {
 		t.Fatalf("getting a secret as the ServiceAccount: %v, want Forbidden", err)
 	}
-	// Nor other DaemonSets than Calico's.
-	_, err = sa.AppsV1().DaemonSets("kube-system").Get(t.Context(), "kube-proxy", metav1.GetOptions{})
-	if !apierrors.IsForbidden(err) {
-		t.Fatalf("getting DaemonSet kube-proxy as the ServiceAccount: %v, want Forbidden", err)
+	// The recovery set's workloads by name, and no other workload; no LIST without a name.
+	for _, w := range []struct{ kind, name string }{{"DaemonSet", "kube-proxy"}, {"DaemonSet", "nodelocaldns"}, {"DaemonSet", "node-local-dns"}, {"Deployment", "coredns"}, {"Deployment", "kube-dns"}} {
+		if err := getAs(t, sa, w.kind, w.name); !apierrors.IsNotFound(err) {
+			t.Errorf("getting %s kube-system/%s as the ServiceAccount: %v, want NotFound (allowed, absent)", w.kind, w.name, err)
+		}
+	}
+	for _, w := range []struct{ kind, name string }{{"DaemonSet", "fluent-bit"}, {"Deployment", "metrics-server"}} {
+		if err := getAs(t, sa, w.kind, w.name); !apierrors.IsForbidden(err) {
+			t.Errorf("getting %s kube-system/%s as the ServiceAccount: %v, want Forbidden", w.kind, w.name, err)
+		}
+	}
+	if _, err := sa.AppsV1().DaemonSets("kube-system").List(t.Context(), metav1.ListOptions{LabelSelector: "k8s-app=kube-proxy"}); !apierrors.IsForbidden(err) {
+		t.Errorf("listing DaemonSets by label as the ServiceAccount: %v, want Forbidden", err)
 	}
 	// The DNS-loop check's objects, and no other ConfigMap.
 	for _, name := range []string{"nodelocaldns", "node-local-dns"} {
@@ -507,6 +527,18 @@ func TestDiscoveryAsServiceAccount(t *testing.T) {
 	if _, err := sa.CoreV1().ConfigMaps("kube-system").List(t.Context(), metav1.ListOptions{}); !apierrors.IsForbidden(err) {
 		t.Errorf("listing ConfigMaps as the ServiceAccount: %v, want Forbidden", err)
 	}
+}
+
+// getAs GETs a DaemonSet or Deployment in kube-system with client c.
+func getAs(t *testing.T, c kubernetes.Interface, kind, name string) error {
+	t.Helper()
+	var err error
+	if kind == "DaemonSet" {
+		_, err = c.AppsV1().DaemonSets("kube-system").Get(t.Context(), name, metav1.GetOptions{})
+	} else {
+		_, err = c.AppsV1().Deployments("kube-system").Get(t.Context(), name, metav1.GetOptions{})
+	}
+	return err
 }
 
 // TestBootstrapFromCluster: bootstrap reads the set from the API, pulls, records state;
@@ -571,17 +603,23 @@ func TestBootstrapOperatorImageSet(t *testing.T) {
 		"calicoVersion": v, "variant": "Calico", "imageSet": "calico-" + v}})
 	imageSetCR(t, v, digests)
 	createDeploy(t, deployment("tigera-operator", "tigera-operator", container{"tigera-operator", "quay.io/tigera/operator:v1.38.3"}))
+	// tigera-operator's own image is the recovery set's operator part.
+	opDigest, err := reg.Push(t.Context(), "tigera/operator", "v1.38.3", testenv.ImageSpec{Seed: 61})
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	d := discover(t, adminKubecfg)
-	if d.Version != v || len(d.Images) != len(operatorComponents) {
-		t.Fatalf("discovered %s %v, want %s and the %d images the workloads run", d.Version, imageRefs(d), v, len(operatorComponents))
+	if d.Version != v || len(d.Images) != len(operatorComponents)+1 {
+		t.Fatalf("discovered %s %v, want %s, the %d images the workloads run and the operator's", d.Version, imageRefs(d), v, len(operatorComponents))
 	}
 
 	n := newNode(t)
-	r := n.precache(nil, "bootstrap", "--kubeconfig", adminKubecfg)
-	if r.code != 0 || !strings.Contains(r.stdout, "Calico "+v+" (operator)") || !strings.Contains(r.stdout, fmt.Sprintf("%d pulled", len(operatorComponents))) {
+	r := n.precache(nil, "bootstrap", "--kubeconfig", adminKubecfg, "--root", t.TempDir())
+	if r.code != 0 || !strings.Contains(r.stdout, "Calico "+v+" (operator)") || !strings.Contains(r.stdout, fmt.Sprintf("%d pulled", len(operatorComponents)+1)) {
 		t.Fatalf("bootstrap: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
 	}
+	n.assertRight("quay.io/tigera/operator:v1.38.3", opDigest.String())
 	names := n.imageNames()
 	for _, c := range operatorComponents {
 		tagName, digestName := "quay.io/calico/"+c+":"+v, "quay.io/calico/"+c+"@"+digests[c]

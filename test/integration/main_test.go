@@ -1,7 +1,8 @@
 // Package integration runs precache against real daemons it starts itself: a containerd
 // (2.4.x with the CRI plugin by default; PRECACHE_CONTAINERD selects another, e.g. Debian's
 // 1.6.20 for the compatibility run), an OCI registry on loopback reached through a
-// hosts.toml mirror for docker.io and quay.io, and the CRI ImageService for the kubelet's view.
+// hosts.toml mirror for docker.io, quay.io and registry.k8s.io, and the CRI ImageService
+// for the kubelet's view.
 package integration
 
 import (
@@ -115,7 +116,7 @@ func setup(m *testing.M) (int, error) {
 	}
 	defer reg.Close()
 	hostsDir = filepath.Join(tmp, "certs.d")
-	if err := testenv.WriteHostsDir(hostsDir, reg.URL(), "docker.io", "quay.io"); err != nil {
+	if err := testenv.WriteHostsDir(hostsDir, reg.URL(), "docker.io", "quay.io", "registry.k8s.io"); err != nil {
 		return 0, err
 	}
 	ctx := context.Background()
