@@ -481,3 +481,51 @@ func criPull(t *testing.T, address, ref string) {
 		t.Fatalf("CRI PullImage %s: %v", ref, err)
 	}
 }
+
+// TestRecoverySandboxUnpinnedTheCRIRepins: on a node where precache pulled the sandbox image
+// first, it is precache's pin (io.precache.pinned). Were precache to drop that pin from
+// every name — as the agent does for images it no longer keeps — containerd's CRI pins the
+// name its config lists (pinned_images.sandbox) again as soon as that record changes: the
+// sandbox stays pinned in the kubelet's view.
+func TestRecoverySandboxUnpinnedTheCRIRepins(t *testing.T) {
+	needAPI(t)
+	kubesprayCluster(t, "kube-proxy", "nodelocaldns", "coredns")
+	recoverySet(t, workerImages)
+	n := newNode(t)
+	if !n.PinningSupported() {
+		t.Skipf("containerd %s's CRI does not pin its sandbox image (1.7.3 and later do)", n.Version)
+	}
+	const sandbox = "registry.k8s.io/pause:3.10.2"
+	r := n.precache(nil, "bootstrap", "--kubeconfig", adminKubecfg, "--root", nodeRootCopy(t, "worker"), "--only", "sandbox")
+	if r.code != 0 {
+		t.Fatalf("bootstrap: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	rec := n.image(sandbox)
+	if rec.Labels[cache.LabelPinnedBy] != "true" {
+		t.Fatalf("precache pulled the sandbox first: labels %v", rec.Labels)
+	}
+	// What the agent's unpinning does to a record it no longer keeps.
+	store := n.store()
+	id := n.criImages(sandbox)[sandbox].ID // the image-ID record, sha256:<config>
+	for _, name := range []string{sandbox, "registry.k8s.io/pause@" + rec.Target.Digest.String(), id} {
+		if err := store.Unlabel(t.Context(), name, cache.LabelManaged, cache.LabelCRIPinned, cache.LabelPinnedBy); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		view := n.criImages(sandbox)
+		if img, ok := view[sandbox]; ok && img.Pinned {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the CRI did not pin %s again: %+v; labels %v", sandbox, view[sandbox], n.image(sandbox).Labels)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// The CRI pins the name its config lists (one pinned name pins the image for the
+	// kubelet); the other names stay as they were left.
+	if got := n.image(sandbox).Labels[cache.LabelCRIPinned]; got != "pinned" {
+		t.Errorf("%s: %s=%q after the CRI's update", sandbox, cache.LabelCRIPinned, got)
+	}
+}
