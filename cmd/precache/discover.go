@@ -112,6 +112,9 @@ func (a *app) discoverSet(ctx context.Context, s *setFlags, parts []manifest.Par
 			return nil, nil, err
 		}
 		cfg.Timeout = 10 * time.Second
+		// One discovery makes about twenty GETs; client-go's default limiter (5/s, burst
+		// 10) would hold the last of them for a second. kubectl allows as much.
+		cfg.QPS, cfg.Burst = 50, 100
 		clients, err := cluster.NewClients(cfg)
 		if err != nil {
 			return nil, nil, err

@@ -53,7 +53,7 @@ type AddonSnapshot struct {
 
 // ReadAddons looks for the workloads of the recovery set's parts other than Calico
 // (tigera-operator, kube-proxy, node-local DNS, CoreDNS), those of parts only: a GET by
-// each usual name, and when none is there a LIST by the usual k8s-app label. A missing
+// each usual name until one is there, and when none is, a LIST by the usual k8s-app label. A missing
 // workload is normal (the part is absent); a forbidden GET is an error, as for Calico's
 // objects; a forbidden LIST is a note — precache's ServiceAccount reads these by name only.
 func ReadAddons(ctx context.Context, c Clients, parts []manifest.Part) (AddonSnapshot, error) {
@@ -72,6 +72,7 @@ func ReadAddons(ctx context.Context, c Clients, parts []manifest.Part) (AddonSna
 			if err == nil {
 				s.Addons = append(s.Addons, Addon{Part: l.part, Workload: w, FoundBy: "its name"})
 				found = true
+				break // the first usual name found is the part's workload
 			}
 		}
 		if found || len(l.labels) == 0 {

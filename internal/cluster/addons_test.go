@@ -179,6 +179,9 @@ func TestReadAddons(t *testing.T) {
 				t.Errorf("%s %s: with every workload where its name says, only GETs are made", a.GetVerb(), a.GetResource().Resource)
 			}
 		}
+		if n := len(kube.Actions()); n != 3 {
+			t.Errorf("%d requests, want 3: one GET per part, the first usual name found ends the lookup", n)
+		}
 	})
 	t.Run("other names: by the k8s-app label", func(t *testing.T) {
 		t.Parallel()
