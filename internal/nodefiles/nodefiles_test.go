@@ -553,3 +553,32 @@ func factStrings(fs []Fact) []string {
 	}
 	return out
 }
+
+// BenchmarkRead: the node's part of the recovery set on a Kubespray control-plane node
+// (kubelet config, four static pods, containerd's config).
+func BenchmarkRead(b *testing.B) {
+	root := b.TempDir()
+	files := map[string]string{
+		"etc/kubernetes/kubelet-config.yaml":                    kubesprayKubelet,
+		"etc/kubernetes/manifests/kube-apiserver.yaml":          kubeadmPod("kube-apiserver", "registry.k8s.io/kube-apiserver:v1.36.1"),
+		"etc/kubernetes/manifests/kube-controller-manager.yaml": kubeadmPod("kube-controller-manager", "registry.k8s.io/kube-controller-manager:v1.36.1"),
+		"etc/kubernetes/manifests/kube-scheduler.yaml":          kubeadmPod("kube-scheduler", "registry.k8s.io/kube-scheduler:v1.36.1"),
+		"etc/kubernetes/manifests/etcd.yaml":                    kubeadmPod("etcd", "registry.k8s.io/etcd:3.6.5-0"),
+		"etc/containerd/config.toml":                            kubesprayContainerd("3"),
+	}
+	for p, c := range files {
+		full := filepath.Join(root, p)
+		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+			b.Fatal(err)
+		}
+		if err := os.WriteFile(full, []byte(c), 0o644); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for b.Loop() {
+		f, err := Read(hostfs.Root(root), Options{})
+		if err != nil || len(f.Images) != 5 {
+			b.Fatalf("%+v, %v", f, err)
+		}
+	}
+}

@@ -144,7 +144,7 @@ var releaseImage = regexp.MustCompile(`(docker\.io|quay\.io)/calico/([a-z0-9-]+)
 // calico-typha.yaml at the release in the file's name, verbatim), their images moved to
 // registry and version as Kubespray's calico_*_image_repo and calico_version would, and
 // deletes them when the test ends.
-func applyRelease(t *testing.T, file, registry, version string) {
+func applyRelease(t testing.TB, file, registry, version string) {
 	t.Helper()
 	data, err := os.ReadFile(filepath.Join("testdata", "calico", file))
 	if err != nil {
@@ -176,7 +176,7 @@ func applyRelease(t *testing.T, file, registry, version string) {
 // manifestInstall creates what calico-typha.yaml (calico.yaml plus a typha Deployment)
 // creates in kube-system, at registry and version, and the ClusterInformation calico-node
 // writes when it starts.
-func manifestInstall(t *testing.T, registry, version string) {
+func manifestInstall(t testing.TB, registry, version string) {
 	t.Helper()
 	applyRelease(t, "calico-typha-v3.30.2.yaml", registry, version)
 	createCR(t, cluster.ClusterInformationV1, "default", map[string]any{"spec": map[string]any{"calicoVersion": version}})
@@ -254,7 +254,7 @@ func createDeploy(t *testing.T, d *appsv1.Deployment) {
 	})
 }
 
-func createCR(t *testing.T, gvr schema.GroupVersionResource, name string, fields map[string]any) {
+func createCR(t testing.TB, gvr schema.GroupVersionResource, name string, fields map[string]any) {
 	t.Helper()
 	kinds := map[string]string{"clusterinformations": "ClusterInformation", "installations": "Installation", "imagesets": "ImageSet"}
 	obj := map[string]any{"apiVersion": gvr.Group + "/" + gvr.Version, "kind": kinds[gvr.Resource], "metadata": map[string]any{"name": name}}

@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"maps"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -57,7 +58,7 @@ var (
 )
 
 // pushAddons pushes a small multi-platform image under each name of addonImages, once.
-func pushAddons(t *testing.T) map[string]string {
+func pushAddons(t testing.TB) map[string]string {
 	t.Helper()
 	pushAddonsOnce.Do(func() {
 		addonDigests = map[string]string{}
@@ -80,7 +81,7 @@ func pushAddons(t *testing.T) map[string]string {
 // kubesprayCluster creates a Kubespray-shaped cluster: Calico's calico-typha.yaml (at
 // dockerVersion, docker.io) and the ClusterInformation calico-node writes, and the
 // kube-proxy, nodelocaldns and CoreDNS workloads of testdata/kubespray/cluster.
-func kubesprayCluster(t *testing.T, addons ...string) {
+func kubesprayCluster(t testing.TB, addons ...string) {
 	t.Helper()
 	manifestInstall(t, "docker.io", dockerVersion)
 	for _, name := range addons {
@@ -89,7 +90,7 @@ func kubesprayCluster(t *testing.T, addons ...string) {
 }
 
 // createFromFile creates the apps/v1 objects of a YAML file and deletes them when the test ends.
-func createFromFile(t *testing.T, file string) {
+func createFromFile(t testing.TB, file string) {
 	t.Helper()
 	data, err := os.ReadFile(file)
 	if err != nil {
@@ -119,7 +120,7 @@ func createFromFile(t *testing.T, file string) {
 
 // nodeRootCopy copies testdata/kubespray/<role> to a fresh directory: a node's root the
 // test may change.
-func nodeRootCopy(t *testing.T, role string) string {
+func nodeRootCopy(t testing.TB, role string) string {
 	t.Helper()
 	src := filepath.Join("testdata", "kubespray", role)
 	dst := t.TempDir()
@@ -527,5 +528,62 @@ func TestRecoverySandboxUnpinnedTheCRIRepins(t *testing.T) {
 	// kubelet); the other names stay as they were left.
 	if got := n.image(sandbox).Labels[cache.LabelCRIPinned]; got != "pinned" {
 		t.Errorf("%s: %s=%q after the CRI's update", sandbox, cache.LabelCRIPinned, got)
+	}
+}
+
+// BenchmarkRecovery times the binary, one process per operation, on the harness's daemons
+// with the Kubespray-shaped cluster and a worker's files: discovery of the whole recovery
+// set and of its parts, and a bootstrap of the whole set on a node where it is already
+// right (the no-op every boot pays). Run:
+//
+//	go test -run '^$' -bench Recovery -benchtime 25x ./test/integration/
+func BenchmarkRecovery(b *testing.B) {
+	if envErr != nil || apiErr != nil {
+		b.Skipf("no containerd/registry or kube-apiserver: %v %v — run `make tools`", envErr, apiErr)
+	}
+	kubesprayCluster(b, "kube-proxy", "nodelocaldns", "coredns")
+	pushed := pushAddons(b)
+	worker, empty := nodeRootCopy(b, "worker"), b.TempDir()
+	c, err := testenv.StartContainerd(b.Context(), testenv.ContainerdOptions{CRI: true, HostsDir: hostsDir})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = c.Stop() })
+	run := func(b *testing.B, args ...string) {
+		b.Helper()
+		cmd := exec.CommandContext(b.Context(), binary, args...)
+		cmd.Env = append(os.Environ(), "CONTAINERD_ADDRESS="+c.Address, "PRECACHE_HOSTS_DIR="+hostsDir, "PRECACHE_LOG_FORMAT=json",
+			"PRECACHE_STATE_FILE="+filepath.Join(c.Dir, "state.json"))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.Fatalf("precache %v: %v\n%s", args, err, out)
+		}
+	}
+	run(b, "bootstrap", "--kubeconfig", adminKubecfg, "--root", worker)
+	images := []string{"bootstrap"}
+	set, err := manifest.Build(manifest.Options{Version: dockerVersion})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, img := range set {
+		images = append(images, "--image", img.Ref.String()+"@"+calico[img.Ref.String()])
+	}
+	for _, ref := range append(slices.Clone(clusterAddonImages), workerImages...) {
+		images = append(images, "--image", ref+"@"+pushed[ref])
+	}
+	for _, bc := range []struct {
+		name string
+		args []string
+	}{
+		{"discovery/whole set", []string{"images", "--kubeconfig", adminKubecfg, "--root", worker, "-o", "json"}},
+		{"discovery/calico only", []string{"images", "--kubeconfig", adminKubecfg, "--root", empty, "--only", "calico", "-o", "json"}},
+		{"discovery/node files only", []string{"images", "--from-cluster", "--root", worker, "--only", "apiserver-proxy,control-plane,sandbox", "-o", "json"}},
+		{"bootstrap no-op/whole set, discovered", []string{"bootstrap", "--kubeconfig", adminKubecfg, "--root", worker}},
+		{"bootstrap no-op/whole set, from --image", images},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			for b.Loop() {
+				run(b, bc.args...)
+			}
+		})
 	}
 }
