@@ -566,6 +566,25 @@ func keepOf(results []pcache.Result, managed []pcache.Image) keep {
 			}
 		}
 	}
+	// Records of repositories the agent does not keep are not the agent's to unpin: the
+	// rest of the recovery set that bootstrap keeps (kube-proxy, node-local DNS, CoreDNS,
+	// the API server proxy, the sandbox…). Repositories are compared without their
+	// registry, so a Calico upgrade that moves docker.io → quay.io still unpins the old.
+	paths := map[string]bool{}
+	for _, r := range results {
+		paths[r.Image.Ref.Path()] = true
+	}
+	for _, img := range managed {
+		if isImageID(img.Name) {
+			continue
+		}
+		ref, err := manifest.ParseRef(img.Name)
+		if err == nil && keptPath(paths, ref.Path()) {
+			continue
+		}
+		k.names[img.Name] = true
+		k.targets[img.Target.Digest] = true
+	}
 	for _, img := range managed {
 		if isImageID(img.Name) && k.targets[img.Target.Digest] {
 			k.names[img.Name] = true

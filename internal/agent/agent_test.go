@@ -244,6 +244,27 @@ func TestUnpinStale(t *testing.T) {
 			},
 		},
 		{
+			name: "the rest of the recovery set, pinned by bootstrap, is not the agent's to unpin",
+			runs: "docker.io/calico/node:" + running,
+			setup: func(t *testing.T, s *fakeStore, _ *Config) ([]string, []string) {
+				// bootstrap keeps the whole recovery set; this agent keeps Calico's part.
+				kp, kpID := s.publish("registry.k8s.io/kube-proxy:v1.33.0")
+				cd, cdID := s.publish("registry.k8s.io/coredns/coredns:v1.12.0")
+				s.ensure(t, "registry.k8s.io/kube-proxy:v1.33.0", "registry.k8s.io/coredns/coredns:v1.12.0")
+				return []string{"registry.k8s.io/kube-proxy:v1.33.0", "registry.k8s.io/kube-proxy@" + kp.Digest.String(), kpID.String(),
+					"registry.k8s.io/coredns/coredns:v1.12.0", "registry.k8s.io/coredns/coredns@" + cd.Digest.String(), cdID.String()}, nil
+			},
+		},
+		{
+			name: "an upgrade that moved Calico's registry unpins the old registry's images",
+			runs: "docker.io/calico/node:" + running,
+			setup: func(t *testing.T, s *fakeStore, _ *Config) ([]string, []string) {
+				old, oldID := s.publish("quay.io/calico/node:v3.27.0")
+				s.ensure(t, "quay.io/calico/node:v3.27.0")
+				return nil, []string{"quay.io/calico/node:v3.27.0", "quay.io/calico/node@" + old.Digest.String(), oldID.String()}
+			},
+		},
+		{
 			name: "the previous version stays pinned while calico-node runs it",
 			runs: "docker.io/calico/node:v3.27.0",
 			setup: func(t *testing.T, s *fakeStore, _ *Config) ([]string, []string) {
@@ -263,9 +284,12 @@ func TestUnpinStale(t *testing.T) {
 		{
 			name: "a pin someone else set stays when precache stops wanting the image",
 			runs: "docker.io/calico/node:" + running,
-			setup: func(t *testing.T, s *fakeStore, _ *Config) ([]string, []string) {
+			setup: func(t *testing.T, s *fakeStore, cfg *Config) ([]string, []string) {
 				const pause = "docker.io/library/pause:3.10"
 				desc, id := s.publish(pause)
+				// The agent keeps the repository (another tag now), so 3.10 is its to let go.
+				s.publish("docker.io/library/pause:3.11")
+				cfg.Extra = []manifest.Image{{Ref: manifest.MustParseRef("docker.io/library/pause:3.11")}}
 				// The CRI pinned its sandbox image; precache wanted it too, earlier.
 				if err := s.Put(t.Context(), pcache.Image{Name: pause, Target: desc, Labels: map[string]string{
 					pcache.LabelCRIManaged: "managed", pcache.LabelCRIPinned: "pinned"}}); err != nil {

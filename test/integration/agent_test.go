@@ -491,8 +491,14 @@ func TestAgentLeavesOthersPins(t *testing.T) {
 	}
 	p.stop(t)
 
-	// The agent restarts without the two images.
-	startAgent(t, n, env, "--node-name", ownNode)
+	// The agent restarts wanting other tags of the two repositories (a repository the agent
+	// does not keep at all is left alone: bootstrap may keep it as part of the recovery set).
+	for path, tag := range map[string]string{"pause": "3.11", "precache/extra": "2"} {
+		if _, err := reg.Push(t.Context(), path, tag, testenv.ImageSpec{Seed: 52}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	startAgent(t, n, env, "--node-name", ownNode, "--image", "registry.k8s.io/pause:3.11", "--image", "docker.io/precache/extra:2")
 	eventually(t, 60*time.Second, "the image precache pinned unpinned", func() error {
 		l, err := labels(extra)
 		if err != nil {
