@@ -509,15 +509,23 @@ func TestAgentLeavesOthersPins(t *testing.T) {
 		}
 		return nil
 	})
+	// The same pass lets go of pause too; wait for it rather than read it mid-pass.
+	eventually(t, 30*time.Second, "pause no longer kept by precache", func() error {
+		l, err := labels(pause)
+		if err != nil {
+			return err
+		}
+		if l[cache.LabelManaged] != "" {
+			return fmt.Errorf("%s still marked as kept by precache: %v", pause, l)
+		}
+		return nil
+	})
 	l, err := labels(pause)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if l[cache.LabelCRIPinned] != "pinned" {
 		t.Errorf("the CRI's pin of %s was removed: %v", pause, l)
-	}
-	if l[cache.LabelManaged] != "" {
-		t.Errorf("%s still marked as kept by precache: %v", pause, l)
 	}
 	if n.PinningSupported() {
 		if img, ok := n.criImages(pause)[pause]; !ok || !img.Pinned {
