@@ -12,8 +12,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/pprof"
-	"runtime"
-	"runtime/debug"
 	"sync"
 	"time"
 
@@ -446,12 +444,9 @@ func (a *Agent) reconcile(ctx context.Context, store Store) error {
 	a.metrics.reconciles.WithLabelValues("ok").Inc()
 	a.metrics.lastSuccess.SetToCurrentTime()
 	a.recovered(ctx, fmt.Sprintf("%d images of Calico %s present, verified, unpacked and pinned", len(want), d.Version))
-	// A pull's buffers are garbage now; give the memory back rather than keep it for an
-	// agent that will mostly sit idle until the next upgrade. The first collection moves
-	// the copy buffers pooled by containerd's content package and gRPC (sync.Pool: ~30 MiB
-	// after a pull) to the pools' victim caches, the second frees them.
-	runtime.GC()
-	debug.FreeOSMemory()
+	if err := releaseMemory(); err != nil {
+		a.log.Debug("returning the binary's pages", zap.Error(err))
+	}
 	a.log.Info("reconciled", zap.String("version", d.Version), zap.Int("images", len(want)), zap.Duration("took", time.Since(start)))
 	return nil
 }
