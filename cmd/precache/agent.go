@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -12,7 +11,6 @@ import (
 	"github.com/precache/precache/internal/agent"
 	"github.com/precache/precache/internal/cache"
 	"github.com/precache/precache/internal/cluster"
-	"github.com/precache/precache/internal/doctor"
 	"github.com/precache/precache/internal/manifest"
 )
 
@@ -21,21 +19,30 @@ func newAgentCommand(a *app) *cobra.Command {
 		nodeName, metricsAddr, selfImage, kubeconfig, stateFile string
 		resync                                                  time.Duration
 		profiling                                               bool
-		root, kubeletConfig                                     string
 		images                                                  []string
 		sf                                                      storeFlags
+		set                                                     setFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "agent",
-		Short: "Run as the DaemonSet: keep this node's Calico images right, ahead of upgrades",
-		Long: `agent watches the calico-node DaemonSet and this node's calico-node pod, reads Calico's
-other workloads (the kube-controllers and typha Deployments, csi-node-driver) when those change
-and at each resync, and keeps the images the cluster runs — and, as soon as an upgrade is
-applied, the new version's — present, verified, unpacked and pinned, before the rollout
-reaches the node. The previous version's images stay pinned until this node's calico-node
-runs the new one. It serves /metrics, /healthz and /readyz, records Events on the Node
-(failures, recoveries, and whether the node's DNS depends on the cluster, as doctor's
-dns-loop check sees it), and rides out containerd restarts and API server outages.`,
+		Short: "Run as the DaemonSet: keep this node's recovery set right, ahead of upgrades",
+		Long: `agent keeps this node's recovery set — Calico, and what the node needs with it to bring
+its pod network and DNS back by itself: kube-proxy, node-local DNS, CoreDNS, tigera-operator
+(from the cluster), the API server proxy and control-plane static pods and the sandbox image
+(from the node's files under --root) — present, verified, unpacked and pinned.
+
+It watches the calico-node DaemonSet and this node's calico-node pod, kube-system's
+DaemonSets and Deployments and the tigera-operator Deployment, reads Calico's other
+workloads (the kube-controllers and typha Deployments, csi-node-driver) when those change
+and at each resync, and reads the node's files at each reconcile. As soon as an upgrade is
+applied to a workload, its new images are pulled and pinned, before the rollout reaches
+the node. Old images stay pinned until this node's calico-node runs the new version
+(Calico), until the workload's rollout is done (the others), or until the files on disk
+name the new image (static pods, sandbox). --only narrows the set.
+
+It serves /metrics, /healthz and /readyz, records Events on the Node (failures,
+recoveries, and whether the node's DNS depends on the cluster, as doctor's dns-loop check
+sees it), and rides out containerd restarts and API server outages.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -65,11 +72,16 @@ dns-loop check sees it), and rides out containerd restarts and API server outage
 					return &usageError{fmt.Errorf("--self-image: %w", err)}
 				}
 			}
+			parts, err := set.parts()
+			if err != nil {
+				return err
+			}
 			a.log.Info("starting agent", zap.String("kubeconfig", from), zap.String("api", cfg.Host), zap.String("node", nodeName))
 			ag := agent.New(agent.Config{
 				NodeName: nodeName, Clients: clients, Resync: resync, SelfImage: selfImage, Extra: extra,
 				MetricsAddr: metricsAddr, Log: a.log, Profiling: profiling,
-				Root: root, KubeletConfig: kubeletConfig,
+				Root: a.global.root, KubeletConfig: a.global.kubeletConfig, ContainerdConfig: a.global.containerdConfig,
+				Parts: parts,
 				Open: func(ctx context.Context) (agent.Store, func() error, error) {
 					s, err := a.openStore(ctx, sf)
 					if err != nil {
@@ -81,7 +93,11 @@ dns-loop check sees it), and rides out containerd restarts and API server outage
 					if stateFile == "" {
 						return
 					}
-					if err := writeState(stateFile, "agent: cluster, Calico "+d.Version, results); err != nil {
+					from := "agent: cluster and node files"
+					if d != nil {
+						from += ", Calico " + d.Version
+					}
+					if err := writeState(stateFile, from, results); err != nil {
 						a.log.Warn("recording the node's state", zap.String("file", stateFile), zap.Error(err))
 					}
 				},
@@ -97,8 +113,7 @@ dns-loop check sees it), and rides out containerd restarts and API server outage
 	envFlag(f, &stateFile, "state-file", "PRECACHE_STATE_FILE", DefaultStateFile, "where the set last made right is recorded (read by bootstrap without the API)")
 	f.DurationVar(&resync, "resync", 10*time.Minute, "periodic reconcile (jittered ±10 %), on top of watch events")
 	annotateEnv(f.Lookup("resync"), "PRECACHE_RESYNC")
-	envFlag(f, &root, "root", "PRECACHE_ROOT", "/", "the node's root filesystem, for the DNS-loop check (the DaemonSet mounts it at /host)")
-	envFlag(f, &kubeletConfig, "kubelet-config", "PRECACHE_KUBELET_CONFIG", "", "the kubelet's config file under --root, for its clusterDNS and resolvConf (default: "+strings.Join(doctor.KubeletConfigPaths, ", else ")+")")
+	set.registerOnly(f)
 	f.BoolVar(&profiling, "profiling", false, "serve Go's pprof under /debug/pprof/ on --metrics-address")
 	f.StringArrayVar(&images, "image", nil, "more images to keep (repeatable)")
 	annotateEnv(f.Lookup("image"), "PRECACHE_IMAGES")

@@ -1,8 +1,11 @@
 // Package agent is `precache agent`, the DaemonSet: it follows the objects that say which
-// Calico the cluster runs and keeps this node's images right — the running
-// version's and, as soon as an upgrade is applied to the calico-node DaemonSet, the new
-// version's, before the rollout reaches the node. Images of the old version stay pinned
-// until this node's calico-node runs the new one.
+// Calico the cluster runs, and the rest of the node's recovery set (kube-proxy, node-local
+// DNS, CoreDNS, tigera-operator; the node's static pods and sandbox image), and keeps this
+// node's images right — the running version's and, as soon as an upgrade is applied to the
+// workload, the new version's, before the rollout reaches the node. Images of the old
+// version stay pinned until this node's calico-node runs the new one (Calico), until the
+// workload's rollout is done (the others), or until the files on disk name the new one
+// (static pods, sandbox).
 package agent
 
 import (
@@ -70,6 +73,11 @@ type Config struct {
 	SelfImage string
 	// Extra images to keep (--image).
 	Extra []manifest.Image
+	// Parts of the recovery set to keep (--only); empty: every part.
+	Parts []manifest.Part
+	// ContainerdConfig is containerd's config file, a node path under Root, for the
+	// sandbox image ("": nodefiles.DefaultContainerdConfig).
+	ContainerdConfig string
 	// MetricsAddr serves /metrics, /healthz and /readyz.
 	MetricsAddr string
 	// Root is the node's root filesystem (the DaemonSet mounts it at /host), for the DNS loop
@@ -95,8 +103,10 @@ type Agent struct {
 
 	dsListers  []cacheLister
 	podListers []cacheLister
-	trigger    chan struct{}
-	recorder   record.EventRecorder
+	// addonStores are the watches of the recovery set's other workloads.
+	addonStores []cache.Store
+	trigger     chan struct{}
+	recorder    record.EventRecorder
 
 	// backoff is the first wait after a failed reconcile (doubling up to a minute);
 	// settle is how long store events are collected before they trigger one reconcile.
@@ -116,6 +126,8 @@ type Agent struct {
 	workloads *workloadFacts
 	// dns is what the API said of the cluster's DNS, as last read.
 	dns *dnsObjects
+	// nodeWarnings are the node files last found unusable (logged when they change).
+	nodeWarnings []string
 }
 
 type cacheLister struct {
@@ -139,7 +151,10 @@ func New(cfg Config) *Agent {
 func strip(obj any) (any, error) {
 	switch o := obj.(type) {
 	case *appsv1.DaemonSet:
-		o.ManagedFields, o.Annotations, o.Status = nil, nil, appsv1.DaemonSetStatus{}
+		// The status stays: the recovery set's workloads are unpinned by their rollout.
+		o.ManagedFields, o.Annotations, o.Status.Conditions = nil, nil, nil
+	case *appsv1.Deployment:
+		o.ManagedFields, o.Annotations, o.Status.Conditions = nil, nil, nil
 	case *corev1.Pod:
 		o.ManagedFields, o.Annotations = nil, nil
 		o.Spec.Volumes, o.Status.Conditions = nil, nil
@@ -191,6 +206,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.podListers = append(a.podListers, cacheLister{ns: ns, store: pInf.GetStore()})
 		factories = append(factories, dsf, pf)
 	}
+	more, err := a.addonInformers(ctx, onChange)
+	if err != nil {
+		return err
+	}
+	factories = append(factories, more...)
 	for _, f := range factories {
 		f.Start(ctx.Done())
 	}
@@ -214,7 +234,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.log.Info("watching", zap.String("node", a.cfg.NodeName), zap.Duration("resync", a.cfg.Resync))
 	a.kick()
-	err := a.loop(ctx, srvErr)
+	err = a.loop(ctx, srvErr)
 	for _, f := range factories {
 		f.Shutdown()
 	}
@@ -364,15 +384,32 @@ func storeGone(err error) bool {
 
 func (a *Agent) reconcile(ctx context.Context, store Store) error {
 	start := time.Now()
-	d, err := a.discover(ctx)
+	var (
+		d    *cluster.Discovery
+		want []manifest.Image
+	)
+	if a.wants(manifest.PartCalico) {
+		var err error
+		if d, err = a.discover(ctx); err != nil {
+			a.failed(ctx, "NoCalico", err)
+			return err
+		}
+		for _, msg := range d.Disagreements {
+			a.log.Info("sources disagree", zap.String("detail", msg))
+		}
+		want = append(want, d.Images...)
+	}
+	addons, err := a.addons()
 	if err != nil {
-		a.failed(ctx, "NoCalico", err)
+		a.failed(ctx, "BadImageReference", err)
 		return err
 	}
-	for _, msg := range d.Disagreements {
-		a.log.Info("sources disagree", zap.String("detail", msg))
+	files, err := a.nodeFiles()
+	if err != nil {
+		a.failed(ctx, "BadImageReference", err)
+		return err
 	}
-	want := append([]manifest.Image{}, d.Images...)
+	want = manifest.Merge(want, addons.images, files)
 	if a.cfg.SelfImage != "" {
 		if ref, err := manifest.ParseRef(a.cfg.SelfImage); err == nil {
 			self := manifest.Image{Ref: ref, Source: "the agent's own image"}
@@ -422,32 +459,31 @@ func (a *Agent) reconcile(ctx context.Context, store Store) error {
 		}
 		return err
 	}
-	k := keepOf(results, managed)
+	// Unpin what precache pinned earlier and is no longer wanted, part by part, once the
+	// node no longer needs the old image (settled): until then it is the node's lifeline.
+	k := keepOf(results, managed, a.settled(d, results, addons))
 	a.mu.Lock()
 	a.watched = k.names
 	a.mu.Unlock()
-
-	// Unpin what precache pinned earlier and is no longer wanted, once this node's
-	// calico-node runs the version now wanted (until then the old images are its lifeline).
-	if running := a.runningNode(); runsWanted(running, d, results) {
-		if err := a.unpinStale(ctx, store, managed, k); err != nil {
-			if storeGone(err) {
-				a.failed(ctx, "ImagesNotRight", err)
-				return fmt.Errorf("%w: %w", errStore, err)
-			}
-			a.log.Warn("unpinning", zap.Error(err))
+	if err := a.unpinStale(ctx, store, managed, k); err != nil {
+		if storeGone(err) {
+			a.failed(ctx, "ImagesNotRight", err)
+			return fmt.Errorf("%w: %w", errStore, err)
 		}
-	} else {
-		a.log.Info("keeping the previous version pinned until calico-node runs the new one", zap.String("running", running.String()), zap.String("wanted", d.Version))
+		a.log.Warn("unpinning", zap.Error(err))
 	}
 	a.checkDNS(ctx)
 	a.metrics.reconciles.WithLabelValues("ok").Inc()
 	a.metrics.lastSuccess.SetToCurrentTime()
-	a.recovered(ctx, fmt.Sprintf("%d images of Calico %s present, verified, unpacked and pinned", len(want), d.Version))
+	a.recovered(ctx, describeSet(len(want), d, want)+" present, verified, unpacked and pinned")
 	if err := releaseMemory(); err != nil {
 		a.log.Debug("returning the binary's pages", zap.Error(err))
 	}
-	a.log.Info("reconciled", zap.String("version", d.Version), zap.Int("images", len(want)), zap.Duration("took", time.Since(start)))
+	version := ""
+	if d != nil {
+		version = d.Version
+	}
+	a.log.Info("reconciled", zap.String("version", version), zap.Int("images", len(want)), zap.Duration("took", time.Since(start)))
 	return nil
 }
 
@@ -546,8 +582,10 @@ type keep struct {
 
 // keepOf lists the names the set was made right under: "repo:tag" and "repo@<the digest
 // it has now>" of each image (not every digest the repository ever had), and the image-ID
-// records ("sha256:<config>") that point at one of those targets.
-func keepOf(results []pcache.Result, managed []pcache.Image) keep {
+// records ("sha256:<config>") that point at one of those targets. Of the other records
+// precache marked, those of a repository in the set whose part is not settled yet (an
+// upgrade not rolled out) are kept too.
+func keepOf(results []pcache.Result, managed []pcache.Image, settled func(manifest.Part) bool) keep {
 	k := keep{names: map[string]bool{}, targets: map[digest.Digest]bool{}}
 	for _, r := range results {
 		ref := r.Image.Ref
@@ -561,21 +599,23 @@ func keepOf(results []pcache.Result, managed []pcache.Image) keep {
 			}
 		}
 	}
-	// Records of repositories the agent does not keep are not the agent's to unpin: the
-	// rest of the recovery set that bootstrap keeps (kube-proxy, node-local DNS, CoreDNS,
-	// the API server proxy, the sandbox…). Repositories are compared without their
-	// registry, so a Calico upgrade that moves docker.io → quay.io still unpins the old.
-	paths := map[string]bool{}
+	// Records of repositories the agent does not keep are not the agent's to unpin: what
+	// bootstrap keeps beyond the agent's parts (--only), a part gone from the cluster.
+	// Repositories are compared without their registry, so a Calico upgrade that moves
+	// docker.io → quay.io still unpins the old.
+	paths := map[string]manifest.Part{}
 	for _, r := range results {
-		paths[r.Image.Ref.Path()] = true
+		paths[r.Image.Ref.Path()] = r.Image.Part
 	}
 	for _, img := range managed {
 		if isImageID(img.Name) {
 			continue
 		}
 		ref, err := manifest.ParseRef(img.Name)
-		if err == nil && keptPath(paths, ref.Path()) {
-			continue
+		if err == nil {
+			if part, ok := keptPath(paths, ref.Path()); ok && (settled == nil || settled(part)) {
+				continue
+			}
 		}
 		k.names[img.Name] = true
 		k.targets[img.Target.Digest] = true

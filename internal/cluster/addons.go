@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -92,6 +93,68 @@ func ReadAddons(ctx context.Context, c Clients, parts []manifest.Part) (AddonSna
 		}
 	}
 	return s, nil
+}
+
+// AddonWatch is what a watcher of the recovery set's other workloads follows: the
+// workloads of kind in namespace, and, when Name is set, that one only.
+type AddonWatch struct {
+	Kind, Namespace, Name string
+}
+
+// AddonWatches are the watches that see every workload ReadAddons would find for parts:
+// the whole of a namespace where a part has several usual names or a label to look by
+// (kube-system's DaemonSets and Deployments), one object by name where it has one name
+// and no label lookup is worth a watch of the namespace (tigera-operator's).
+func AddonWatches(parts []manifest.Part) []AddonWatch {
+	var out []AddonWatch
+	for _, l := range addonLookups {
+		if !manifest.HasPart(parts, l.part) {
+			continue
+		}
+		w := AddonWatch{Kind: l.kind, Namespace: l.namespace}
+		if l.namespace != "kube-system" && len(l.names) == 1 {
+			w.Name = l.names[0]
+		}
+		if !slices.Contains(out, w) {
+			out = append(out, w)
+		}
+	}
+	return out
+}
+
+// PickAddons finds, among workloads listed or watched (AddonWatches), those of parts with
+// ReadAddons' rules: the first usual name there is, else those labelled with the usual
+// k8s-app. It reads nothing.
+func PickAddons(parts []manifest.Part, ws []Workload) AddonSnapshot {
+	var s AddonSnapshot
+	for _, l := range addonLookups {
+		if !manifest.HasPart(parts, l.part) {
+			continue
+		}
+		s.Looked = append(s.Looked, l.part)
+		found := false
+		for _, name := range l.names {
+			for _, w := range ws {
+				if w.Kind == l.kind && w.Namespace == l.namespace && w.Name == name {
+					s.Addons = append(s.Addons, Addon{Part: l.part, Workload: w, FoundBy: "its name"})
+					found = true
+					break
+				}
+			}
+			if found {
+				break
+			}
+		}
+		if found {
+			continue
+		}
+		for _, w := range ws {
+			if w.Kind == l.kind && w.Namespace == l.namespace && slices.Contains(l.labels, w.Labels["k8s-app"]) {
+				s.Addons = append(s.Addons, Addon{Part: l.part, Workload: w, FoundBy: "label k8s-app=" + w.Labels["k8s-app"]})
+			}
+		}
+	}
+	return s
 }
 
 func getWorkload(ctx context.Context, c Clients, kind, ns, name string) (Workload, error) {

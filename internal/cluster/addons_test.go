@@ -247,3 +247,88 @@ func TestReadAddons(t *testing.T) {
 		}
 	})
 }
+
+// PickAddons finds in watched objects what ReadAddons finds with GETs and LISTs: the first
+// usual name, else the usual k8s-app label; other kinds and namespaces do not count.
+func TestPickAddons(t *testing.T) {
+	t.Parallel()
+	all := []manifest.Part{manifest.PartOperator, manifest.PartKubeProxy, manifest.PartNodeLocalDNS, manifest.PartCoreDNS}
+	kubespray := func() []Workload {
+		var ws []Workload
+		for _, a := range kubesprayAddons() {
+			ws = append(ws, a.Workload)
+		}
+		// What else a Kubespray kube-system holds: Calico's own workloads, and the
+		// nodelocaldns DaemonSet labelled k8s-app: kube-dns as its template renders it.
+		ws[1].Labels = map[string]string{"k8s-app": "kube-dns"}
+		return append(ws,
+			Workload{Kind: "DaemonSet", Namespace: "kube-system", Name: "calico-node", Labels: map[string]string{"k8s-app": "calico-node"}},
+			Workload{Kind: "Deployment", Namespace: "kube-system", Name: "calico-kube-controllers", Labels: map[string]string{"k8s-app": "calico-kube-controllers"}})
+	}
+	tests := []struct {
+		name  string
+		parts []manifest.Part
+		ws    []Workload
+		want  []string // "part kind ns/name found-by"
+	}{
+		{"Kubespray: by name", all, kubespray(), []string{
+			"kube-proxy DaemonSet kube-system/kube-proxy its name",
+			"nodelocaldns DaemonSet kube-system/nodelocaldns its name",
+			"coredns Deployment kube-system/coredns its name"}},
+		{"--only narrows", []manifest.Part{manifest.PartCoreDNS}, kubespray(), []string{
+			"coredns Deployment kube-system/coredns its name"}},
+		{"named otherwise: by label; a DaemonSet labelled kube-dns is not CoreDNS", all, []Workload{
+			{Kind: "DaemonSet", Namespace: "kube-system", Name: "proxy", Labels: map[string]string{"k8s-app": "kube-proxy"}},
+			{Kind: "DaemonSet", Namespace: "kube-system", Name: "nodelocaldns", Labels: map[string]string{"k8s-app": "kube-dns"}},
+			{Kind: "Deployment", Namespace: "kube-system", Name: "dns", Labels: map[string]string{"k8s-app": "kube-dns"}},
+		}, []string{
+			"kube-proxy DaemonSet kube-system/proxy label k8s-app=kube-proxy",
+			"nodelocaldns DaemonSet kube-system/nodelocaldns its name",
+			"coredns Deployment kube-system/dns label k8s-app=kube-dns"}},
+		{"the first usual name wins over a label", all, []Workload{
+			{Kind: "Deployment", Namespace: "kube-system", Name: "kube-dns", Labels: map[string]string{"k8s-app": "kube-dns"}},
+			{Kind: "Deployment", Namespace: "kube-system", Name: "coredns", Labels: map[string]string{"k8s-app": "kube-dns"}},
+		}, []string{"coredns Deployment kube-system/coredns its name"}},
+		{"another namespace does not count", all, []Workload{
+			{Kind: "DaemonSet", Namespace: "default", Name: "kube-proxy"},
+			{Kind: "Deployment", Namespace: "tigera-operator", Name: "tigera-operator"},
+		}, []string{"operator Deployment tigera-operator/tigera-operator its name"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			s := PickAddons(tt.parts, tt.ws)
+			var got []string
+			for _, a := range s.Addons {
+				got = append(got, string(a.Part)+" "+a.Workload.String()+" "+a.FoundBy)
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("got\n  %s\nwant\n  %s", strings.Join(got, "\n  "), strings.Join(tt.want, "\n  "))
+			}
+			for _, p := range tt.parts {
+				if !slices.Contains(s.Looked, p) && p != manifest.PartCalico {
+					t.Errorf("%s not looked for", p)
+				}
+			}
+		})
+	}
+}
+
+func TestAddonWatches(t *testing.T) {
+	t.Parallel()
+	got := AddonWatches(manifest.Parts)
+	want := []AddonWatch{
+		{Kind: "Deployment", Namespace: "tigera-operator", Name: "tigera-operator"},
+		{Kind: "DaemonSet", Namespace: "kube-system"},
+		{Kind: "Deployment", Namespace: "kube-system"},
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("AddonWatches(all) = %v, want %v", got, want)
+	}
+	if got := AddonWatches([]manifest.Part{manifest.PartCalico, manifest.PartSandbox}); len(got) != 0 {
+		t.Errorf("no workload part, yet watches %v", got)
+	}
+	if got := AddonWatches([]manifest.Part{manifest.PartKubeProxy, manifest.PartNodeLocalDNS}); !slices.Equal(got, []AddonWatch{{Kind: "DaemonSet", Namespace: "kube-system"}}) {
+		t.Errorf("kube-proxy and nodelocaldns share one watch; got %v", got)
+	}
+}

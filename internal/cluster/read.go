@@ -118,12 +118,12 @@ func ignoreNotFound(err error) error {
 
 // FromDaemonSet keeps what discovery needs of a DaemonSet.
 func FromDaemonSet(ds *appsv1.DaemonSet) Workload {
-	return Workload{Kind: "DaemonSet", Namespace: ds.Namespace, Name: ds.Name, Containers: containers(&ds.Spec.Template.Spec)}
+	return Workload{Kind: "DaemonSet", Namespace: ds.Namespace, Name: ds.Name, Containers: containers(&ds.Spec.Template.Spec), Labels: ds.Labels}
 }
 
 // FromDeployment keeps what discovery needs of a Deployment.
 func FromDeployment(d *appsv1.Deployment) Workload {
-	return Workload{Kind: "Deployment", Namespace: d.Namespace, Name: d.Name, Containers: containers(&d.Spec.Template.Spec)}
+	return Workload{Kind: "Deployment", Namespace: d.Namespace, Name: d.Name, Containers: containers(&d.Spec.Template.Spec), Labels: d.Labels}
 }
 
 func containers(spec *corev1.PodSpec) []Container {

@@ -30,6 +30,8 @@ type Container struct {
 type Workload struct {
 	Kind, Namespace, Name string
 	Containers            []Container
+	// Labels are the object's own labels (for the recovery set's lookup by k8s-app).
+	Labels map[string]string
 }
 
 func (w Workload) String() string { return w.Kind + " " + w.Namespace + "/" + w.Name }

@@ -20,6 +20,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	appsv1 "k8s.io/api/apps/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -586,4 +587,121 @@ func BenchmarkRecovery(b *testing.B) {
 			}
 		})
 	}
+}
+
+// TestAgentRecoverySetUpgrade: the agent, as its ServiceAccount with the RBAC of deploy/,
+// keeps a Kubespray worker's whole recovery set; when kube-proxy and nodelocaldns are
+// upgraded (their DaemonSets name new images; Kubespray's upgrade does exactly this), it
+// pulls and pins the new images before any pod runs them, keeps the old ones pinned while
+// the rollout is under way, and lets them go once the DaemonSets say it is done.
+func TestAgentRecoverySetUpgrade(t *testing.T) {
+	needAPI(t)
+	kubesprayCluster(t, "kube-proxy", "nodelocaldns", "coredns")
+	want := recoverySet(t, workerImages)
+	const (
+		oldProxy = "registry.k8s.io/kube-proxy:v1.36.1"
+		newProxy = "registry.k8s.io/kube-proxy:v1.37.2"
+		oldCache = "registry.k8s.io/dns/k8s-dns-node-cache:1.25.0"
+		newCache = "registry.k8s.io/dns/k8s-dns-node-cache:1.26.0"
+	)
+	next := map[string]string{}
+	for i, ref := range []string{newProxy, newCache} {
+		r := manifest.MustParseRef(ref)
+		d, err := reg.Push(t.Context(), r.Path(), r.Tag, testenv.ImageSpec{Seed: uint64(7100 + i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		next[ref] = d.String()
+	}
+	root := nodeRootCopy(t, "worker")
+	n := newNode(t)
+	p := startAgent(t, n, nil, "--kubeconfig", saKubecfg, "--node-name", "worker-1", "--root", root)
+	eventually(t, 90*time.Second, "the whole recovery set right", func() error {
+		for ref := range want {
+			if !n.pinnedByPrecache(manifest.MustParseRef(ref).TagName()) {
+				return fmt.Errorf("%s not pinned yet", ref)
+			}
+		}
+		return nil
+	})
+	n.assertSetRight(want)
+	if body := httpGet(t, "http://"+p.addr+"/metrics"); !strings.Contains(body, fmt.Sprintf("precache_images_desired %d\n", len(want))) {
+		t.Errorf("/metrics: want precache_images_desired %d (the whole set)\n%s", len(want), grepLines(body, "precache_images_"))
+	}
+
+	// The upgrade: the DaemonSets' specs change; the API server bumps their generation, and
+	// no controller runs here, so their status says the new generation is not rolled out.
+	setImage := func(name, container, image string) {
+		t.Helper()
+		dss := kubeClient.AppsV1().DaemonSets("kube-system")
+		ds, err := dss.Get(t.Context(), name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range ds.Spec.Template.Spec.Containers {
+			if ds.Spec.Template.Spec.Containers[i].Name == container {
+				ds.Spec.Template.Spec.Containers[i].Image = image
+			}
+		}
+		if _, err := dss.Update(t.Context(), ds, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	setImage("kube-proxy", "kube-proxy", newProxy)
+	setImage("nodelocaldns", "node-cache", newCache)
+	eventually(t, 60*time.Second, "the new kube-proxy and node-local DNS pulled and pinned", func() error {
+		for _, ref := range []string{newProxy, newCache} {
+			if !n.pinnedByPrecache(ref) {
+				return fmt.Errorf("%s not pinned yet", ref)
+			}
+		}
+		return nil
+	})
+	t.Logf("the upgrades pulled and pinned %s after the DaemonSets changed", time.Since(start).Round(time.Millisecond))
+	n.assertSetRight(next)
+	time.Sleep(time.Second) // a reconcile more, triggered by the agent's own writes
+	for _, ref := range []string{oldProxy, oldCache} {
+		if !n.pinnedByPrecache(ref) {
+			t.Errorf("%s unpinned while the rollout is under way: %v", ref, n.image(ref).Labels)
+		}
+	}
+
+	// The rollout is done, as the DaemonSet controller would record it.
+	for _, name := range []string{"kube-proxy", "nodelocaldns"} {
+		dss := kubeClient.AppsV1().DaemonSets("kube-system")
+		ds, err := dss.Get(t.Context(), name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ds.Status = appsv1.DaemonSetStatus{ObservedGeneration: ds.Generation, DesiredNumberScheduled: 1, CurrentNumberScheduled: 1,
+			UpdatedNumberScheduled: 1, NumberReady: 1, NumberAvailable: 1}
+		if _, err := dss.UpdateStatus(t.Context(), ds, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 30*time.Second, "the old kube-proxy and node-local DNS unpinned", func() error {
+		for _, ref := range []string{oldProxy, oldCache} {
+			if n.pinnedByPrecache(ref) {
+				return fmt.Errorf("%s still pinned", ref)
+			}
+		}
+		return nil
+	})
+	for _, ref := range []string{newProxy, newCache, "docker.io/library/nginx:1.30.1-alpine", "registry.k8s.io/coredns/coredns:v1.14.2"} {
+		if !n.pinnedByPrecache(ref) {
+			t.Errorf("%s: not pinned after the rollout: %v", ref, n.image(ref).Labels)
+		}
+	}
+	p.stop(t)
+}
+
+// pinnedByPrecache reports whether name is recorded, pinned and marked as precache's.
+func (n *node) pinnedByPrecache(name string) bool {
+	img, err := n.store().Image(n.t.Context(), name)
+	if err != nil {
+		return false
+	}
+	l := img.Labels
+	return l[cache.LabelCRIPinned] == "pinned" && l[cache.LabelManaged] == "true"
 }
