@@ -38,7 +38,9 @@ func newDoctorCommand(a *app) *cobra.Command {
 		Long: `doctor checks, with evidence and a fix for each: whether the node's name resolution depends on
 the cluster (the loop: the CoreDNS service IP needs the pod network, so calico-node; node-local
 DNS needs its pod and image on the node, and a resolver outside the cluster to forward to);
-whether the Calico images are present, complete, unpacked and pinned; whether a bundle is
+whether the images of the node's recovery set (Calico, kube-proxy, node-local DNS, CoreDNS,
+the operator, the static pods, the sandbox; --only narrows it) are present, complete,
+unpacked and pinned, and which of them the node's DNS depends on; whether a bundle is
 configured, readable and covers the running version; containerd (reachable, pinning support,
 the CRI's snapshotter, discard_unpacked_layers, registry config_path); disk space; the
 kubelet's image GC thresholds; whether the kubelet would re-check the images with the
@@ -68,6 +70,7 @@ links resolved inside it as on the node. Exit code: 0 all OK, 1 any WARN with --
 	}
 	f := cmd.Flags()
 	set.register(f)
+	set.registerOnly(f)
 	envFlag(f, &bundlePath, "bundle", "PRECACHE_BUNDLE", "", "the bundle bootstrap falls back to, under --root")
 	envFlag(f, &stateFile, "state-file", "PRECACHE_STATE_FILE", DefaultStateFile, "the state bootstrap and the agent record, under --root")
 	f.StringVarP(&output, "output", "o", "table", "table or json")
@@ -92,10 +95,20 @@ func (a *app) doctor(ctx context.Context, set *setFlags, rootDir, kubeletConfig,
 	kubelet, kerr := doctor.FindKubelet(root, kubeletConfig)
 	dns := doctor.NodeClusterDNS(root, kubelet)
 	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	// The images check covers Calico's part of the recovery set.
-	found, discovered, derr := a.discoverSet(actx, set, []manifest.Part{manifest.PartCalico}, host(cluster.KubeletConfig))
+	// The images check covers the recovery set (--only narrows it).
+	parts, derr := set.parts()
 	if derr == nil {
-		images, what = discovered, "Calico "+found.Calico.Version
+		var (
+			found      *discovered
+			discovered []manifest.Image
+		)
+		found, discovered, derr = a.discoverSet(actx, set, parts, host(cluster.KubeletConfig))
+		if derr == nil {
+			images, what = discovered, "the recovery set"
+			if found.Calico != nil {
+				what += " (Calico " + found.Calico.Version + ")"
+			}
+		}
 	}
 	if cfg, _, err := cluster.Config(set.kubeconfig, host(cluster.KubeletConfig)); err == nil {
 		cfg.Timeout = 5 * time.Second
@@ -119,10 +132,13 @@ func (a *app) doctor(ctx context.Context, set *setFlags, rootDir, kubeletConfig,
 
 	// 1. The loop.
 	remedies := []string{"precache bootstrap --dns-fallback IP", "a bundle on disk (precache bootstrap --bundle FILE)"}
+	var dnsPath []manifest.Part
 	if r, err := doctor.ReadResolvers(rootDir); err != nil {
 		results = append(results, doctor.Result{Check: "dns-loop", Status: doctor.Skip, Summary: err.Error()})
 	} else {
-		results = append(results, doctor.Loop(r, dns, remedies))
+		loop := doctor.Loop(r, dns, remedies)
+		results = append(results, loop)
+		dnsPath = doctor.DNSPath(r, dns, loop)
 	}
 
 	// 2–4. containerd, the images, the bundle.
@@ -152,7 +168,7 @@ func (a *app) doctor(ctx context.Context, set *setFlags, rootDir, kubeletConfig,
 		if err != nil {
 			results = append(results, doctor.Result{Check: "images", Status: doctor.Skip, Summary: err.Error()})
 		} else {
-			results = append(results, doctor.Images(images, rows, what))
+			results = append(results, doctor.Images(images, rows, what, dnsPath))
 		}
 	}
 	if bundlePath == "" {

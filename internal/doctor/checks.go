@@ -15,30 +15,53 @@ import (
 )
 
 // Images checks the set's rows as `precache status` reports them.
-func Images(set []manifest.Image, rows []cache.Row, what string) Result {
+func Images(set []manifest.Image, rows []cache.Row, what string, dnsPath []manifest.Part) Result {
 	res := Result{Check: "images", Summary: fmt.Sprintf("%d images of %s present, complete, unpacked and pinned", len(rows), what)}
 	var missing, unpinned []string
+	onPath := func(img manifest.Image) string {
+		if img.Part != "" && slices.Contains(dnsPath, img.Part) {
+			return " [the node's DNS depends on it: " + string(img.Part) + "]"
+		}
+		return ""
+	}
+	var pathParts []string
+	pathMissing := 0
 	for i, r := range rows {
+		mark := onPath(set[i])
+		if mark != "" && !slices.Contains(pathParts, string(set[i].Part)) {
+			pathParts = append(pathParts, string(set[i].Part))
+		}
 		switch {
 		case !r.Present || !r.DigestOK || !r.Complete || !r.Unpacked:
-			missing = append(missing, set[i].Ref.Display()+": "+r.Problem)
+			missing = append(missing, set[i].Ref.Display()+": "+r.Problem+mark)
+			if mark != "" {
+				pathMissing++
+			}
 		case !r.Pinned:
-			unpinned = append(unpinned, set[i].Ref.Display())
+			unpinned = append(unpinned, set[i].Ref.Display()+mark)
 		}
+	}
+	path := ""
+	if len(pathParts) > 0 {
+		path = fmt.Sprintf("; the node's DNS depends on %s", strings.Join(pathParts, ", "))
 	}
 	switch {
 	case len(missing) > 0:
 		res.Status = Fail
-		res.Summary = fmt.Sprintf("%d of %d images of %s are not ready to start calico-node without the network", len(missing), len(rows), what)
+		res.Summary = fmt.Sprintf("%d of %d images of %s are not ready to start without the network", len(missing), len(rows), what)
+		if pathMissing > 0 {
+			res.Summary += fmt.Sprintf(", %d of them on the node's DNS path", pathMissing)
+		}
 		res.Evidence = slices.Concat(missing, unpinned)
 		res.Fix = "precache bootstrap (or keep the precache agent running); with DNS down: precache import BUNDLE"
 	case len(unpinned) > 0:
 		res.Status = Warn
-		res.Summary = fmt.Sprintf("%d images are not pinned: kubelet image GC may remove them", len(unpinned))
+		res.Summary = fmt.Sprintf("%d images are not pinned: kubelet image GC may remove them%s", len(unpinned), path)
 		res.Evidence = unpinned
 		res.Fix = "precache bootstrap pins them (io.cri-containerd.pinned=pinned; honoured by containerd ≥ 1.7.3)"
 	default:
 		res.Status = OK
+		res.Summary += path
 	}
 	return res
 }

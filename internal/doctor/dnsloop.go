@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/precache/precache/internal/hostfs"
+	"github.com/precache/precache/internal/manifest"
 )
 
 // WellKnownNodeLocal are the addresses node-local DNS caches listen on by convention:
@@ -308,6 +309,41 @@ func Loop(r Resolvers, d ClusterDNS, remedies []string) Result {
 		}
 	}
 	return res
+}
+
+// clusterPath are the parts of the recovery set the CoreDNS service needs to answer the
+// node: CoreDNS itself, kube-proxy for the service IP, calico-node for the pod network
+// (which reaches the API server through the API server proxy on Kubespray's workers), and
+// the sandbox every pod starts in.
+var clusterPath = []manifest.Part{manifest.PartCoreDNS, manifest.PartKubeProxy, manifest.PartCalico, manifest.PartAPIServerProxy, manifest.PartSandbox}
+
+// DNSPath says which parts of the recovery set the node's name resolution depends on, as
+// Loop sees it (loop is Loop's result for r and d): none when a resolver outside the
+// cluster is configured; node-local DNS and the sandbox when node-local DNS answers the
+// node and forwards elsewhere; the cluster's path as well when it forwards back into the
+// cluster (Loop's FAIL); the cluster's path when the CoreDNS service is the only resolver.
+func DNSPath(r Resolvers, d ClusterDNS, loop Result) []manifest.Part {
+	effective, _ := r.Effective()
+	hasNodeLocal, hasService := false, false
+	for _, s := range effective {
+		switch d.role(s) {
+		case nodeLocal:
+			hasNodeLocal = true
+		case service:
+			hasService = true
+		default:
+			return nil // names resolve without the cluster, if more slowly
+		}
+	}
+	switch {
+	case hasNodeLocal && loop.Status == Fail:
+		return append([]manifest.Part{manifest.PartNodeLocalDNS}, clusterPath...)
+	case hasNodeLocal:
+		return []manifest.Part{manifest.PartNodeLocalDNS, manifest.PartSandbox}
+	case hasService:
+		return slices.Clone(clusterPath)
+	}
+	return nil
 }
 
 // nodeLocalVerdict: the node resolves only through the cluster, node-local DNS among it.

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/precache/precache/internal/hostfs"
+	"github.com/precache/precache/internal/manifest"
 )
 
 // Node trees as Ubuntu and Kubespray lay them out. The Kubespray files are its templates
@@ -474,6 +475,41 @@ func TestAddCorefile(t *testing.T) {
 			}
 			if slices.Contains(d.Service, "10.96.0.10") && slices.Contains(d.NodeLocal, "10.96.0.10") {
 				t.Errorf("10.96.0.10 both service and node-local")
+			}
+		})
+	}
+}
+
+// TestDNSPath: which parts of the recovery set the node's name resolution depends on, for
+// Kubespray's two shapes (nodelocaldns on: resolved's DNS=169.254.25.10; off: the CoreDNS
+// service IP 10.233.0.3) and a node with a resolver of its own.
+func TestDNSPath(t *testing.T) {
+	t.Parallel()
+	d := ClusterDNS{Service: []string{"10.233.0.3"}, NodeLocal: []string{"169.254.25.10"}}
+	tests := []struct {
+		name    string
+		servers []string
+		forward []string
+		want    []manifest.Part
+	}{
+		{"the CoreDNS service only", []string{"10.233.0.3"}, nil,
+			[]manifest.Part{manifest.PartCoreDNS, manifest.PartKubeProxy, manifest.PartCalico, manifest.PartAPIServerProxy, manifest.PartSandbox}},
+		{"node-local DNS forwarding outside the cluster", []string{"169.254.25.10"}, []string{"192.0.2.53"},
+			[]manifest.Part{manifest.PartNodeLocalDNS, manifest.PartSandbox}},
+		{"node-local DNS forwarding back into the cluster", []string{"169.254.25.10"}, []string{"10.233.0.3"},
+			[]manifest.Part{manifest.PartNodeLocalDNS, manifest.PartCoreDNS, manifest.PartKubeProxy, manifest.PartCalico, manifest.PartAPIServerProxy, manifest.PartSandbox}},
+		{"a resolver of the node's own as well", []string{"10.233.0.3", "192.0.2.53"}, nil, nil},
+		{"no resolver", nil, nil, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			r := Resolvers{ResolvConfPath: "/etc/resolv.conf", ResolvConf: tt.servers, Sources: map[string][]string{}}
+			dd := d
+			dd.Forward, dd.ForwardSource = tt.forward, "ConfigMap kube-system/nodelocaldns"
+			got := DNSPath(r, dd, Loop(r, dd, nil))
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("DNSPath = %v, want %v", got, tt.want)
 			}
 		})
 	}

@@ -261,6 +261,24 @@ func TestDoctor(t *testing.T) {
 		if disk := res["disk"]; disk.Status == doctor.Skip || len(disk.Evidence) == 0 || !strings.HasPrefix(disk.Evidence[0], n.Dir+"/root -> /data/containerd: ") {
 			t.Errorf("disk: %+v", disk)
 		}
+
+		// The images check covers the recovery set, and says which images the node's
+		// DNS depends on: here node-local DNS's, and, since it forwards back into the
+		// cluster, Calico's.
+		const nodeCache = "registry.k8s.io/dns/k8s-dns-node-cache:1.25.0"
+		imgs := res["images"]
+		if imgs.Status != doctor.Fail || !strings.Contains(imgs.Summary, "1 of them on the node's DNS path") ||
+			!strings.Contains(strings.Join(imgs.Evidence, "\n"), nodeCache+": ") || !strings.Contains(strings.Join(imgs.Evidence, "\n"), "[the node's DNS depends on it: nodelocaldns]") {
+			t.Errorf("images, node-local DNS's image missing: %+v", imgs)
+		}
+		pushAddons(t)
+		if r := n.precache(nil, "bootstrap", "--kubeconfig", adminKubecfg, "--root", root); r.code != 0 {
+			t.Fatalf("bootstrap: %s", r.stderr)
+		}
+		res, _ = runDoctor(t, n, "--kubeconfig", adminKubecfg, "--root", root)
+		if imgs := res["images"]; imgs.Status != doctor.OK || !strings.Contains(imgs.Summary, "the node's DNS depends on calico, nodelocaldns") {
+			t.Errorf("images after bootstrap of the recovery set: %+v", imgs)
+		}
 	})
 
 	t.Run("node-local DNS with upstream_dns_servers: WARN naming its pod's image", func(t *testing.T) {
