@@ -107,8 +107,12 @@ func run() error {
 	}
 
 	ctrPull := func(ctx context.Context, c *testenv.Containerd, ref string) (sample, error) {
-		return timed(exec.CommandContext(ctx, ctrBin, "--address", c.Address, "-n", "k8s.io", "images", "pull", "--local",
-			"--hosts-dir", hosts, "--snapshotter", "overlayfs", ref))
+		args := []string{"--address", c.Address, "-n", "k8s.io", "images", "pull"}
+		if ctrHasLocal(ctrBin) {
+			args = append(args, "--local")
+		}
+		args = append(args, "--hosts-dir", hosts, "--snapshotter", "overlayfs", ref)
+		return timed(exec.CommandContext(ctx, ctrBin, args...))
 	}
 	tools := pullTools(bin, ctrBin, hosts, refs)
 
@@ -228,8 +232,12 @@ func median(ss []sample) sample {
 }
 
 func report(w io.Writer, tools []tool, results [][]sample, noop, noopCtr []sample, totals setSize, rounds int) {
-	fmt.Fprintf(w, "Run %s on %d cores (%s), containerd %s and ctr built from the module proxy, registry: Debian docker-registry on loopback.\n\n",
-		time.Now().UTC().Format("2006-01-02 15:04 MST"), runtime.NumCPU(), runtime.GOARCH, testenv.ContainerdVersion)
+	daemon := "containerd " + testenv.ContainerdVersion + " and ctr built from the module proxy"
+	if os.Getenv("PRECACHE_CONTAINERD") != "" {
+		daemon = testenv.ContainerdBinary() + " and " + testenv.CtrBinary()
+	}
+	fmt.Fprintf(w, "Run %s on %d cores (%s), %s, registry: Debian docker-registry on loopback.\n\n",
+		time.Now().UTC().Format("2006-01-02 15:04 MST"), runtime.NumCPU(), runtime.GOARCH, daemon)
 	fmt.Fprintf(w, "Image set: 4 images (calico/node, cni, kube-controllers, typha %s), OCI index linux/amd64 + linux/arm64, %d layers, %.0f MiB compressed / %.0f MiB uncompressed for the node platform.\n\n",
 		calicoVersion, totals.layers, float64(totals.compressed)/(1<<20), float64(totals.uncompressed)/(1<<20))
 	fmt.Fprintf(w, "Pull into a fresh containerd (CRI plugin on, k8s.io, overlayfs, unpacked), %d rounds alternating, median:\n\n", rounds)
@@ -273,11 +281,33 @@ func report(w io.Writer, tools []tool, results [][]sample, noop, noopCtr []sampl
 		}
 		slices.Sort(ratios)
 		fmt.Fprintf(w, "\n%s against the best daemon-side pull of the same round: %s (median **%.2f**).\n", t.name, strings.Join(per, ", "), ratios[len(ratios)/2])
+		// And against the best client-side ctr pull (the reference where the daemon has no
+		// transfer service, as on 1.6).
+		var cs []float64
+		for r := range results[i] {
+			var best time.Duration
+			for k, o := range tools {
+				if !o.daemonSide && strings.HasPrefix(o.name, "ctr") && r < len(results[k]) && (best == 0 || results[k][r].wall < best) {
+					best = results[k][r].wall
+				}
+			}
+			if best > 0 {
+				cs = append(cs, float64(results[i][r].wall)/float64(best))
+			}
+		}
+		if len(cs) > 0 {
+			slices.Sort(cs)
+			fmt.Fprintf(w, "%s against the best client-side ctr pull of the same round: median **%.2f** (%.2f–%.2f).\n", t.name, cs[len(cs)/2], cs[0], cs[len(cs)-1])
+		}
 	}
 	mn, mc := median(noop), median(noopCtr)
+	noopTool := "ctr images pull --local"
+	if !ctrHasLocal(testenv.CtrBinary()) {
+		noopTool = "ctr images pull"
+	}
 	slices.SortFunc(noop, func(a, b sample) int { return int(a.wall - b.wall) })
-	fmt.Fprintf(w, "\nNo-op (all 4 images already right), whole process, %d runs: precache bootstrap median %s, max %s, peak RSS %d MiB. For scale, one `ctr images pull --local` of one present image: median %s.\n",
-		len(noop), mn.wall.Round(100*time.Microsecond), noop[len(noop)-1].wall.Round(100*time.Microsecond), mn.maxRSS/1024, mc.wall.Round(100*time.Microsecond))
+	fmt.Fprintf(w, "\nNo-op (all 4 images already right), whole process, %d runs: precache bootstrap median %s, max %s, peak RSS %d MiB. For scale, one `%s` of one present image: median %s.\n",
+		len(noop), mn.wall.Round(100*time.Microsecond), noop[len(noop)-1].wall.Round(100*time.Microsecond), mn.maxRSS/1024, noopTool, mc.wall.Round(100*time.Microsecond))
 }
 
 func tailLines(s string, n int) string {
