@@ -16,8 +16,8 @@ help: ## list the targets
 build: ## build bin/precache (static)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/precache
 
-tools: ## build/install the daemons the tests need (containerd 2.4.2 and kube-apiserver 1.37.2 from the module proxy, Debian's containerd 1.6)
-	./hack/tools.sh containerd kube compat
+tools: ## build/install the daemons the tests need (containerd 2.4.2 + its runc shim and kube-apiserver 1.37.2 from the module proxy, Debian's containerd 1.6)
+	./hack/tools.sh containerd shim kube compat
 
 test: tools test-unit test-integration ## everything CI runs: unit tests, then integration tests on real daemons
 
@@ -51,8 +51,10 @@ demo: build ## throwaway containerd + loopback registry: bootstrap, status, no-o
 	./hack/tools.sh containerd
 	$(GO) run ./test/cmd/demo $(CURDIR)/$(BIN)
 
-image: ## container image (needs a container build engine)
-	docker build -t precache:$(VERSION) .
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct)
+
+image: ## OCI image tar for linux/amd64 + linux/arm64, no container engine, same commit → same digest; prints its path last
+	@SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(GO) run ./hack/image -version $(VERSION) -out dist/precache-$(VERSION).oci.tar
 
 clean: ## remove build output
 	rm -rf bin
