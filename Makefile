@@ -19,7 +19,7 @@ build: ## build bin/precache (static)
 tools: ## build/install the daemons the tests need (containerd 2.4.2 + its runc shim and kube-apiserver 1.37.2 from the module proxy, Debian's containerd 1.6)
 	./hack/tools.sh containerd shim kube compat
 
-test: tools test-unit test-integration ## everything CI runs: unit tests, then integration tests on real daemons
+test: tools test-unit test-integration test-monitoring ## everything CI runs: unit tests, then integration tests on real daemons
 
 test-unit: ## unit tests (nothing installed needed)
 	$(GO) test -race -count=1 ./cmd/... ./internal/...
@@ -34,6 +34,9 @@ test-compat: build ## the integration suite against Debian's containerd 1.6 (pin
 	elif [[ -n "$$CI" ]]; then echo "test-compat: $(COMPAT_CONTAINERD) missing in CI" >&2; exit 1; \
 	else echo "test-compat: skipped, $(COMPAT_CONTAINERD) not installed (make tools as root installs it)"; fi
 
+test-monitoring: build ## deploy/monitoring: alerts, PodMonitor and dashboard checked by Prometheus' own code on the real agent's /metrics (own module)
+	cd test/monitoring && GOWORK=off PRECACHE_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 10m ./...
+
 GOLANGCI_LINT_VERSION ?= v2.15.0
 GOLANGCI_LINT := $(TOOLS)/golangci-lint-$(GOLANGCI_LINT_VERSION)/golangci-lint
 
@@ -42,6 +45,7 @@ lint: ## go vet, gofmt and golangci-lint (pinned, built from the module proxy in
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; exit 1; }
 	$(GOLANGCI_LINT) run ./...
+	cd test/monitoring && GOWORK=off $(GO) vet ./... && $(GOLANGCI_LINT) run ./...
 
 bench: build ## precache vs ctr, same registry + containerd, alternating rounds; prints the Markdown for docs/benchmarks.md
 	./hack/tools.sh containerd kube bench
