@@ -8,7 +8,7 @@ TOOLS ?= $(HOME)/.cache/precache/tools
 export PRECACHE_TOOLS := $(TOOLS)
 COMPAT_CONTAINERD ?= /usr/bin/containerd
 
-.PHONY: help build test test-unit test-integration test-compat lint bench demo image tools clean
+.PHONY: help build test test-unit test-integration test-compat lint bench demo image pin release tools clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -59,6 +59,26 @@ SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct)
 
 image: ## OCI image tar for linux/amd64 + linux/arm64, no container engine, same commit → same digest; prints its path last
 	@SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(GO) run ./hack/image -version $(VERSION) -out dist/precache-$(VERSION).oci.tar
+
+OVERLAYS := kubespray operator
+RENDER := cd hack/render && GOWORK=off $(GO) run .
+
+pin: ## pin deploy/base to the image make image built (tag and digest; IMAGE_TAR=dist/precache-$(VERSION).oci.tar)
+	$(RENDER) pin -deploy $(CURDIR)/deploy $(abspath $(or $(IMAGE_TAR),dist/precache-$(VERSION).oci.tar))
+
+release: ## dist/: static linux amd64+arm64 binaries, the image (make image), one manifest per overlay pinned to it, SHA256SUMS
+	@set -euo pipefail; v='$(VERSION)'; \
+	rm -rf dist; mkdir -p dist; \
+	for arch in amd64 arm64; do \
+		echo "build dist/precache-$$v-linux-$$arch"; \
+		CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $(GO) build -trimpath -ldflags "-s -w -X main.version=$$v" -o dist/precache-$$v-linux-$$arch ./cmd/precache; \
+	done; \
+	tar=$$($(MAKE) --no-print-directory image VERSION="$$v" | tail -n 1); \
+	[[ -f "$$tar" ]] || { echo "release: the last line make image printed is not the image tar: '$$tar'" >&2; exit 1; }; \
+	tar=$$(realpath "$$tar"); \
+	($(RENDER) release -deploy $(CURDIR)/deploy -tar "$$tar" -version "$$v" -out $(CURDIR)/dist $(addprefix $(CURDIR)/deploy/overlays/,$(OVERLAYS))); \
+	(cd dist && find . -maxdepth 1 -type f ! -name SHA256SUMS -printf '%P\n' | sort | xargs sha256sum > SHA256SUMS); \
+	cat dist/SHA256SUMS
 
 clean: ## remove build output
 	rm -rf bin
