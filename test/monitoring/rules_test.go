@@ -374,7 +374,7 @@ func makeRealScrapes(t *testing.T) *agentScrapes {
 	}
 	const failures = 6
 	failed := func(s scrape) float64 { v, _ := s.value("precache_reconciles_total", "result", "failed"); return v }
-	deadline := time.Now().Add(2 * time.Minute)
+	deadline := time.Now().Add(3 * time.Minute) // each failure is ~3.5 s of retries, then 1 s, 2 s, 4 s… of backoff
 	for len(r.failingA) < failures || len(r.failingB) < failures {
 		if time.Now().After(deadline) {
 			t.Fatalf("failed reconciles not seen in time: node-a %d scrapes, node-b %d", len(r.failingA), len(r.failingB))
