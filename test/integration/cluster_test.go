@@ -499,19 +499,24 @@ func TestDiscoveryAsServiceAccount(t *testing.T) {
 	if !apierrors.IsForbidden(err) {
 		t.Fatalf("getting a secret as the ServiceAccount: %v, want Forbidden", err)
 	}
-	// The recovery set's workloads by name, and no other workload; no LIST without a name.
+	// kube-system's DaemonSets and Deployments, which the agent watches for the recovery
+	// set (kube-proxy, node-local DNS, CoreDNS, by name or by their k8s-app label); in
+	// calico-system, Calico's workloads by name only; elsewhere, none.
 	for _, w := range []struct{ kind, name string }{{"DaemonSet", "kube-proxy"}, {"DaemonSet", "nodelocaldns"}, {"DaemonSet", "node-local-dns"}, {"Deployment", "coredns"}, {"Deployment", "kube-dns"}} {
-		if err := getAs(t, sa, w.kind, w.name); !apierrors.IsNotFound(err) {
+		if err := getAs(t, sa, "kube-system", w.kind, w.name); !apierrors.IsNotFound(err) {
 			t.Errorf("getting %s kube-system/%s as the ServiceAccount: %v, want NotFound (allowed, absent)", w.kind, w.name, err)
 		}
 	}
-	for _, w := range []struct{ kind, name string }{{"DaemonSet", "fluent-bit"}, {"Deployment", "metrics-server"}} {
-		if err := getAs(t, sa, w.kind, w.name); !apierrors.IsForbidden(err) {
-			t.Errorf("getting %s kube-system/%s as the ServiceAccount: %v, want Forbidden", w.kind, w.name, err)
+	if _, err := sa.AppsV1().DaemonSets("kube-system").List(t.Context(), metav1.ListOptions{LabelSelector: "k8s-app=kube-proxy"}); err != nil {
+		t.Errorf("listing DaemonSets by label as the ServiceAccount: %v, want allowed", err)
+	}
+	for _, w := range []struct{ ns, kind, name string }{{"calico-system", "DaemonSet", "fluent-bit"}, {"calico-system", "Deployment", "metrics-server"}, {"default", "DaemonSet", "kube-proxy"}, {"default", "Deployment", "coredns"}} {
+		if err := getAs(t, sa, w.ns, w.kind, w.name); !apierrors.IsForbidden(err) {
+			t.Errorf("getting %s %s/%s as the ServiceAccount: %v, want Forbidden", w.kind, w.ns, w.name, err)
 		}
 	}
-	if _, err := sa.AppsV1().DaemonSets("kube-system").List(t.Context(), metav1.ListOptions{LabelSelector: "k8s-app=kube-proxy"}); !apierrors.IsForbidden(err) {
-		t.Errorf("listing DaemonSets by label as the ServiceAccount: %v, want Forbidden", err)
+	if _, err := sa.AppsV1().DaemonSets("calico-system").List(t.Context(), metav1.ListOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("listing calico-system's DaemonSets as the ServiceAccount: %v, want Forbidden (by name only there)", err)
 	}
 	// The DNS-loop check's objects, and no other ConfigMap.
 	for _, name := range []string{"nodelocaldns", "node-local-dns"} {
@@ -529,14 +534,14 @@ func TestDiscoveryAsServiceAccount(t *testing.T) {
 	}
 }
 
-// getAs GETs a DaemonSet or Deployment in kube-system with client c.
-func getAs(t *testing.T, c kubernetes.Interface, kind, name string) error {
+// getAs GETs a DaemonSet or Deployment in ns with client c.
+func getAs(t *testing.T, c kubernetes.Interface, ns, kind, name string) error {
 	t.Helper()
 	var err error
 	if kind == "DaemonSet" {
-		_, err = c.AppsV1().DaemonSets("kube-system").Get(t.Context(), name, metav1.GetOptions{})
+		_, err = c.AppsV1().DaemonSets(ns).Get(t.Context(), name, metav1.GetOptions{})
 	} else {
-		_, err = c.AppsV1().Deployments("kube-system").Get(t.Context(), name, metav1.GetOptions{})
+		_, err = c.AppsV1().Deployments(ns).Get(t.Context(), name, metav1.GetOptions{})
 	}
 	return err
 }
