@@ -180,6 +180,15 @@ func (a *Agent) Run(ctx context.Context) error {
 		DeleteFunc: func(any) { a.kick() },
 	}
 	for _, ns := range cluster.Namespaces {
+		// A namespace the ServiceAccount is granted nothing in (an overlay for one kind of
+		// install) is left out rather than watched by an informer that never syncs.
+		probe := cluster.AddonWatch{Kind: "DaemonSet", Namespace: ns, Name: "calico-node"}
+		if err := a.mayWatch(ctx, probe, func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", "calico-node").String()
+		}); err != nil {
+			a.log.Warn("Calico's namespace not watched", zap.String("namespace", ns), zap.Error(err))
+			continue
+		}
 		dsf := informers.NewSharedInformerFactoryWithOptions(kube, 0, informers.WithNamespace(ns),
 			informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 				o.FieldSelector = fields.OneTermEqualSelector("metadata.name", "calico-node").String()
@@ -440,7 +449,6 @@ func (a *Agent) reconcile(ctx context.Context, store Store) error {
 	a.metrics.present.Set(float64(present))
 	a.metrics.pinned.Set(float64(present))
 	if err != nil {
-		a.metrics.reconciles.WithLabelValues("failed").Inc()
 		a.failed(ctx, "ImagesNotRight", err)
 		if storeGone(err) {
 			return fmt.Errorf("%w: %w", errStore, err)
@@ -706,7 +714,11 @@ func (a *Agent) nodeRef() *corev1.ObjectReference {
 	return &corev1.ObjectReference{Kind: "Node", Name: a.cfg.NodeName, UID: "", APIVersion: "v1"}
 }
 
+// failed records a reconcile that did not make the set right, whatever stopped it
+// (containerd unreachable, Calico not found, an image not right): the metric, the log, and
+// an Event on the first failure of its kind.
 func (a *Agent) failed(_ context.Context, why string, err error) {
+	a.metrics.reconciles.WithLabelValues("failed").Inc()
 	a.mu.Lock()
 	first := !a.failing || a.lastError != err.Error()
 	a.failing, a.lastError = true, err.Error()

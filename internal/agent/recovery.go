@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"go.uber.org/zap"
 	appsv1 "k8s.io/api/apps/v1"
@@ -74,23 +75,33 @@ func (a *Agent) addonInformers(ctx context.Context, onChange cache.ResourceEvent
 	return factories, nil
 }
 
-// mayWatch lists one object of w, as the informer would list them: Forbidden says the
-// watch would never sync.
+// mayWatch lists one object of w, as the informer would list them: Forbidden, three times
+// over two seconds (RBAC applied with the DaemonSet may take a moment to be enforced),
+// says the watch would never sync.
 func (a *Agent) mayWatch(ctx context.Context, w cluster.AddonWatch, tweak func(*metav1.ListOptions)) error {
 	o := metav1.ListOptions{Limit: 1, ResourceVersion: "0"}
 	tweak(&o)
-	var err error
 	apps := a.cfg.Clients.Kube.AppsV1()
-	switch w.Kind {
-	case "DaemonSet":
-		_, err = apps.DaemonSets(w.Namespace).List(ctx, o)
-	default:
-		_, err = apps.Deployments(w.Namespace).List(ctx, o)
+	var err error
+	for try := 0; try < 3; try++ {
+		if try > 0 {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(time.Second):
+			}
+		}
+		switch w.Kind {
+		case "DaemonSet":
+			_, err = apps.DaemonSets(w.Namespace).List(ctx, o)
+		default:
+			_, err = apps.Deployments(w.Namespace).List(ctx, o)
+		}
+		if !apierrors.IsForbidden(err) {
+			return nil // anything else is the informer's to retry
+		}
 	}
-	if apierrors.IsForbidden(err) {
-		return err
-	}
-	return nil // anything else is the informer's to retry
+	return err
 }
 
 // addonFacts are the recovery set's other workloads as the watches see them.

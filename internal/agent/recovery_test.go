@@ -8,8 +8,10 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/precache/precache/internal/cluster"
 	"github.com/precache/precache/internal/manifest"
 )
 
@@ -191,5 +193,20 @@ func TestRolledOut(t *testing.T) {
 	d.Status = appsv1.DeploymentStatus{ObservedGeneration: 2, Replicas: 1, UpdatedReplicas: 1, AvailableReplicas: 1}
 	if !deploymentRolledOut(d) {
 		t.Error("a one-replica Deployment rolled out not seen as such")
+	}
+}
+
+// TestEveryFailureCounts: a reconcile that stops before the images (no Calico in the
+// cluster) counts as failed, as one that fails on an image does: the alert on failed
+// reconciles sees both.
+func TestEveryFailureCounts(t *testing.T) {
+	t.Parallel()
+	a := New(Config{Clients: cluster.Clients{Kube: fake.NewClientset()}})
+	a.dsListers = []cacheLister{{ns: "kube-system", store: cache.NewStore(cache.MetaNamespaceKeyFunc)}}
+	if err := a.reconcile(t.Context(), newFakeStore()); err == nil {
+		t.Fatal("reconcile without Calico succeeded")
+	}
+	if got := reconciles(t, a, "failed"); got != 1 {
+		t.Errorf("failed reconciles = %v, want 1", got)
 	}
 }

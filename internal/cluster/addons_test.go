@@ -12,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	dynamicfake "k8s.io/client-go/dynamic/fake"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
@@ -331,4 +332,46 @@ func TestAddonWatches(t *testing.T) {
 	if got := AddonWatches([]manifest.Part{manifest.PartKubeProxy, manifest.PartNodeLocalDNS}); !slices.Equal(got, []AddonWatch{{Kind: "DaemonSet", Namespace: "kube-system"}}) {
 		t.Errorf("kube-proxy and nodelocaldns share one watch; got %v", got)
 	}
+}
+
+// TestReadOperatorForbidden: precache's Kubespray overlay grants nothing in the
+// tigera-operator namespace (a manifest install has none); Read does without the
+// operator's release and says it was not read, where other forbidden reads stay errors.
+func TestReadOperatorForbidden(t *testing.T) {
+	t.Parallel()
+	forbid := func(resource, ns string) *fake.Clientset {
+		kube := fake.NewClientset(ds("kube-system", "calico-node", nil, "docker.io/calico/node:v3.30.2"))
+		kube.PrependReactor("get", resource, func(a k8stesting.Action) (bool, runtime.Object, error) {
+			if a.GetNamespace() != ns {
+				return false, nil, nil
+			}
+			return true, nil, apierrors.NewForbidden(schema.GroupResource{Group: "apps", Resource: resource}, "x", errors.New("RBAC"))
+		})
+		return kube
+	}
+	s, err := Read(t.Context(), Clients{Kube: forbid("deployments", "tigera-operator"), Dynamic: newDynamic()})
+	if err != nil {
+		t.Fatalf("Read with tigera-operator forbidden: %v", err)
+	}
+	if len(s.Unread) != 1 || !strings.Contains(s.Unread[0].Source, "tigera-operator/tigera-operator is forbidden") {
+		t.Errorf("Unread = %v", s.Unread)
+	}
+	d, err := Resolve(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(d.Facts, func(f Fact) bool { return f.What == "tigera-operator" && f.Value == "not read" }) {
+		t.Errorf("the unread operator is not among the facts: %v", d.Facts)
+	}
+	if _, err := Read(t.Context(), Clients{Kube: forbid("deployments", "kube-system"), Dynamic: newDynamic()}); !apierrors.IsForbidden(err) {
+		t.Errorf("a forbidden read of Calico's Deployments: %v, want that error", err)
+	}
+}
+
+// newDynamic is an API without Calico's or the operator's CRD objects.
+func newDynamic() *dynamicfake.FakeDynamicClient {
+	return dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{
+		ImageSets: "ImageSetList", Installations: "InstallationList",
+		ClusterInformationV1: "ClusterInformationList", ClusterInformationV3: "ClusterInformationList",
+	})
 }

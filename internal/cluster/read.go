@@ -74,7 +74,12 @@ func Read(ctx context.Context, c Clients) (Snapshot, error) {
 		}
 	}
 	op, err := c.Kube.AppsV1().Deployments("tigera-operator").Get(ctx, "tigera-operator", metav1.GetOptions{})
-	if err := ignoreNotFound(err); err != nil {
+	if apierrors.IsForbidden(err) {
+		// The operator's release is the last source of the version: a manifest install
+		// has no tigera-operator namespace, and precache's overlay for it grants nothing
+		// there.
+		s.Unread = append(s.Unread, Fact{"tigera-operator", "not read", "reading Deployment tigera-operator/tigera-operator is forbidden"})
+	} else if err := ignoreNotFound(err); err != nil {
 		return s, fmt.Errorf("reading Deployment tigera-operator/tigera-operator: %w", err)
 	}
 	if err == nil && len(op.Spec.Template.Spec.Containers) > 0 {

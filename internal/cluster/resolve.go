@@ -11,6 +11,7 @@ package cluster
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
@@ -74,6 +75,10 @@ type Snapshot struct {
 	// Deployment gets no typha. A snapshot of some workloads only (a watch on calico-node)
 	// leaves the others to the catalog.
 	Complete bool
+	// Unread are sources the RBAC did not let Read see and that discovery can do
+	// without (the tigera-operator Deployment where precache's overlay grants nothing:
+	// a manifest install, which has no tigera-operator namespace).
+	Unread []Fact
 }
 
 // Fact is one thing discovery learnt, and where.
@@ -125,7 +130,7 @@ type resolver struct {
 // tigera-operator's release. The images are those the Calico workloads run; the catalog
 // only stands in for what the snapshot cannot tell.
 func Resolve(s Snapshot) (*Discovery, error) {
-	r := &resolver{s: s, d: &Discovery{}, sets: map[string]ImageSet{}}
+	r := &resolver{s: s, d: &Discovery{Facts: slices.Clone(s.Unread)}, sets: map[string]ImageSet{}}
 	for _, is := range s.ImageSets {
 		if v, ok := strings.CutPrefix(is.Name, "calico-"); ok && isVersion(v) {
 			r.sets[normaliseVersion(v)] = is
