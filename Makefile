@@ -8,7 +8,7 @@ TOOLS ?= $(HOME)/.cache/precache/tools
 export PRECACHE_TOOLS := $(TOOLS)
 COMPAT_CONTAINERD ?= /usr/bin/containerd
 
-.PHONY: help build test test-unit test-integration test-compat lint bench demo image pin release tools clean
+.PHONY: help build test test-unit test-integration test-compat test-monitoring lint bench demo image pin release tools clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -21,8 +21,9 @@ tools: ## build/install the daemons the tests need (containerd 2.4.2 + its runc 
 
 test: tools test-unit test-integration test-monitoring ## everything CI runs: unit tests, then integration tests on real daemons
 
-test-unit: ## unit tests (nothing installed needed)
-	$(GO) test -race -count=1 ./cmd/... ./internal/...
+test-unit: ## unit tests (nothing installed needed), hack/render's module included
+	$(GO) test -race -count=1 ./cmd/... ./internal/... ./deploy/...
+	cd hack/render && GOWORK=off $(GO) test -count=1 ./...
 
 test-integration: build ## integration tests on a real containerd 2.4.2 (CRI) and loopback registry, then the 1.6 compat run
 	PRECACHE_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 20m ./test/integration/...
@@ -46,6 +47,7 @@ lint: ## go vet, gofmt and golangci-lint (pinned, built from the module proxy in
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; exit 1; }
 	$(GOLANGCI_LINT) run ./...
 	cd test/monitoring && GOWORK=off $(GO) vet ./... && $(GOLANGCI_LINT) run ./...
+	cd hack/render && GOWORK=off $(GO) vet ./... && $(GOLANGCI_LINT) run ./...
 
 bench: build ## precache vs ctr, same registry + containerd, alternating rounds; prints the Markdown for docs/benchmarks.md
 	./hack/tools.sh containerd kube bench
@@ -81,4 +83,4 @@ release: ## dist/: static linux amd64+arm64 binaries, the image (make image), on
 	cat dist/SHA256SUMS
 
 clean: ## remove build output
-	rm -rf bin
+	rm -rf bin dist

@@ -67,7 +67,7 @@ func run(args []string) error {
 		return err
 	case "release":
 		if *tarFile == "" || *version == "" || fl.NArg() == 0 {
-			return errors.New("usage: render release -tar IMAGE.oci.tar -version V [-out DIR] [-deploy DIR] OVERLAY_DIR...")
+			return errors.New("usage: render release -tar IMAGE.oci.tar -version V [-out DIR] [-deploy DIR] OVERLAY_DIR [OVERLAY_DIR]")
 		}
 		img, err := imageOf(*tarFile, *version)
 		if err != nil {
