@@ -327,7 +327,7 @@ func layer(files []file, mtime time.Time) (v1.Layer, error) {
 		return nil, err
 	}
 	var zb bytes.Buffer
-	zw, err := gzip.NewWriterLevel(&zb, gzip.BestCompression)
+	zw, err := gzip.NewWriterLevel(&zb, gzip.DefaultCompression)
 	if err != nil {
 		return nil, err
 	}
