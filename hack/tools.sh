@@ -2,12 +2,13 @@
 # Installs what the integration tests, the benchmark and the demo run against, into a
 # cache that survives between runs (stamped by version, so warm runs take a second):
 #   - containerd + ctr v2.4.2, built from the Go module proxy (~2 min cold)
+#   - containerd-shim-runc-v2 v2.4.2 next to them, and runc, to run containers (the image test)
 #   - Debian's containerd 1.6.20 (apt), for the compatibility run, when running as root
 #
-# Usage: hack/tools.sh [containerd] [kube] [compat] [lint] [bench]   (no argument: the first three)
+# Usage: hack/tools.sh [containerd] [shim] [kube] [compat] [lint] [bench]   (no argument: the first four)
 set -euo pipefail
 
-want=" ${*:-containerd kube compat} "
+want=" ${*:-containerd shim kube compat} "
 TOOLS=${PRECACHE_TOOLS:-$HOME/.cache/precache/tools}
 CONTAINERD_VERSION=${CONTAINERD_VERSION:-v2.4.2}
 dir="$TOOLS/containerd-$CONTAINERD_VERSION"
@@ -70,6 +71,29 @@ apt_install() {
 		}
 	fi
 }
+
+# Running containers (the image test): containerd 2.4.2's runc shim, beside containerd,
+# where the tests put it first on the daemon's PATH (Debian's containerd package brings a
+# 1.6 shim into /usr/bin), and runc, which Debian packages on its own.
+if [[ $want == *" shim "* ]]; then
+	if [[ -x "$dir/containerd-shim-runc-v2" ]]; then
+		echo "tools: containerd-shim-runc-v2 $CONTAINERD_VERSION cached in $dir"
+	else
+		echo "tools: building containerd-shim-runc-v2 $CONTAINERD_VERSION into $dir"
+		mkdir -p "$dir.shim"
+		CGO_ENABLED=0 GOBIN="$dir.shim" GOFLAGS=-buildvcs=false go install -ldflags='-s -w' \
+			"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION"
+		mkdir -p "$dir" && mv "$dir.shim/containerd-shim-runc-v2" "$dir/" && rmdir "$dir.shim"
+	fi
+	if runc=$(PATH=$PATH:/usr/local/sbin:/usr/sbin:/sbin command -v runc); then
+		echo "tools: runc $("$runc" --version | awk 'NR==1{print $3}') at $runc"
+	elif [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+		echo "tools: installing Debian's runc"
+		apt_install runc
+	else
+		echo "tools: no runc and not root: the image run test will be skipped (CI fails it)" >&2
+	fi
+fi
 
 # The compatibility run uses Debian's containerd (1.6.20 on bookworm).
 if [[ $want != *" compat "* ]]; then

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -114,6 +115,7 @@ func StartContainerd(ctx context.Context, o ContainerdOptions) (*Containerd, err
 		}
 	}
 	c.cmd = exec.Command(bin, "--config", cfg)
+	c.cmd.Env = daemonEnv(bin)
 	c.cmd.Stdout, c.cmd.Stderr = c.log, c.log
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := c.cmd.Start(); err != nil {
@@ -137,6 +139,26 @@ func StartContainerd(ctx context.Context, o ContainerdOptions) (*Containerd, err
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// daemonEnv puts the daemon's own directory first on its PATH, so that it starts the runc
+// shim built beside it (`make tools`) and not another version's from the system (Debian's
+// containerd package puts its 1.6 shim in /usr/bin), and makes sure the shim finds runc
+// in the sbin directories.
+func daemonEnv(bin string) []string {
+	path := filepath.Dir(bin) + string(os.PathListSeparator) + os.Getenv("PATH")
+	for _, d := range []string{"/usr/local/sbin", "/usr/sbin", "/sbin"} {
+		if !slices.Contains(filepath.SplitList(path), d) {
+			path += string(os.PathListSeparator) + d
+		}
+	}
+	return append(os.Environ(), "PATH="+path)
+}
+
+// ShimBinary is the runc shim a daemon started from the containerd binary runs containers
+// with: the one beside it (`make tools` builds it there; daemonEnv puts it first).
+func ShimBinary(containerd string) string {
+	return filepath.Join(filepath.Dir(containerd), "containerd-shim-runc-v2")
 }
 
 func (c *Containerd) config(o ContainerdOptions) string {
@@ -183,6 +205,7 @@ func (c *Containerd) Restart(down time.Duration) error {
 	<-c.exited
 	time.Sleep(down)
 	cmd := exec.Command(c.cmd.Path, c.cmd.Args[1:]...)
+	cmd.Env = c.cmd.Env
 	cmd.Stdout, cmd.Stderr = c.log, c.log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	_ = os.Remove(c.Address)
