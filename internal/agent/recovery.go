@@ -173,7 +173,7 @@ func deploymentRolledOut(d *appsv1.Deployment) bool {
 // nodeFiles reads the node's part of the recovery set (static pods, the sandbox image)
 // under Root. A file that cannot be used is logged once, and the rest of the set is kept.
 func (a *Agent) nodeFiles() ([]manifest.Image, error) {
-	if a.cfg.Root == "" || !(a.wants(manifest.PartAPIServerProxy) || a.wants(manifest.PartControlPlane) || a.wants(manifest.PartSandbox)) {
+	if a.cfg.Root == "" || !a.wantsNodeFiles() {
 		return nil, nil
 	}
 	f, err := nodefiles.Read(hostfs.Root(a.cfg.Root), nodefiles.Options{
@@ -241,4 +241,9 @@ func describeSet(n int, d *cluster.Discovery, want []manifest.Image) string {
 		}
 	}
 	return fmt.Sprintf("%d images of the recovery set (%s)", n, strings.Join(parts, ", "))
+}
+
+// wantsNodeFiles reports whether any part read from the node's files is kept.
+func (a *Agent) wantsNodeFiles() bool {
+	return a.wants(manifest.PartAPIServerProxy) || a.wants(manifest.PartControlPlane) || a.wants(manifest.PartSandbox)
 }
