@@ -17,23 +17,24 @@ import (
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/cio"
-	"github.com/containerd/containerd/v2/pkg/oci"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	specs "github.com/opencontainers/runtime-spec/specs-go"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/precache/precache/internal/cache"
 	"github.com/precache/precache/internal/doctor"
+	"github.com/precache/precache/internal/manifest"
 	"github.com/precache/precache/test/testenv"
 )
 
 // TestImageRuns: the image, imported with `precache import` into a real containerd, runs
-// as a container through containerd's runc shim the way deploy/base/daemonset.yaml runs
-// it — host network, containerd's socket, the node's root read-only at /host, read-only
-// root filesystem, no capabilities, uid 0 — as the CLI (version, doctor) and as the agent
-// against the API server. PRECACHE_IMAGE_TAR gives a tar `make image` built; otherwise the
-// test builds one.
+// as a container through containerd's runc shim the way the kubespray overlay's DaemonSet,
+// rendered as make release renders it, says: its image reference resolved by the digest
+// it names, its command, args and env, its securityContext, its hostPath volumes (each at
+// the test's stand-in), host network — as the CLI (version, doctor) and as the agent against
+// the API server. A digest in the overlay that is not the image's, or a setting the image
+// cannot run with, fails here. PRECACHE_IMAGE_TAR gives a tar `make image` built;
+// otherwise the test builds one.
 func TestImageRuns(t *testing.T) {
 	needAPI(t)
 	needRunc(t)
@@ -47,23 +48,17 @@ func TestImageRuns(t *testing.T) {
 	if name == "" || version == "" {
 		t.Fatalf("%s names no image: %v", tarPath, entry.Annotations)
 	}
+	ds := renderedDaemonSet(t, tarPath, version, "kubespray")
 
 	n := newNode(t)
 	if r := n.precache(nil, "import", tarPath); r.code != 0 {
 		t.Fatalf("precache import %s: exit %d\n%s%s", tarPath, r.code, r.stdout, r.stderr)
 	}
-	c, ctx := n.client()
-	img, err := c.GetImage(ctx, name)
-	if err != nil {
-		t.Fatalf("%s after import: %v", name, err)
-	}
-	if img.Target().Digest != entry.Digest {
-		t.Fatalf("%s is %s in containerd, %s in the tar", name, img.Target().Digest, entry.Digest)
-	}
-	d := &daemonSetPod{c: c, ctx: ctx, img: img, node: n}
+	d := newDaemonSetPod(t, n, ds, version, tarPath, entry)
+	c, ctx := d.c, d.ctx
 
 	t.Run("version", func(t *testing.T) {
-		r := d.run(t, []string{"version"}, nil, nil)
+		r := d.run(t, podRun{args: []string{"version"}})
 		want := fmt.Sprintf("precache %s (", version)
 		if r.code != 0 || !strings.HasPrefix(r.stdout, want) || !strings.Contains(r.stdout, "linux/"+runtime.GOARCH) {
 			t.Errorf("precache version: exit %d, %q; want %q… linux/%s\n%s", r.code, r.stdout, want, runtime.GOARCH, r.stderr)
@@ -72,9 +67,9 @@ func TestImageRuns(t *testing.T) {
 
 	t.Run("doctor", func(t *testing.T) {
 		manifestInstall(t, "docker.io", dockerVersion)
-		root := kubesprayRoot(t, "[Resolve]\nDNS="+clusterDNSIP+"\nDomains=default.svc.cluster.local\n")
+		root := d.nodeRoot(t, "[Resolve]\nDNS="+clusterDNSIP+"\nDomains=default.svc.cluster.local\n")
 		copyNodeContainerdConfig(t, n, root)
-		r := d.run(t, []string{"doctor", "--root", "/host", "-o", "json"}, []string{"KUBECONFIG=/etc/precache/kubeconfig"}, d.mounts(t, root, saKubecfg))
+		r := d.run(t, podRun{args: []string{"doctor", "--root", "/host", "-o", "json"}, root: root, kubeconfig: saKubecfg})
 		var list []doctor.Result
 		if err := json.Unmarshal([]byte(r.stdout), &list); err != nil {
 			t.Fatalf("doctor -o json: exit %d, %v\n%s\n%s", r.code, err, r.stdout, r.stderr)
@@ -98,21 +93,24 @@ func TestImageRuns(t *testing.T) {
 
 	t.Run("agent", func(t *testing.T) {
 		manifestInstall(t, "docker.io", dockerVersion)
-		const nodeName = "image-node"
-		if _, err := kubeClient.CoreV1().Nodes().Create(t.Context(), &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName}}, metav1.CreateOptions{}); err != nil {
+		if _, err := kubeClient.CoreV1().Nodes().Create(t.Context(), &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: imageNodeName}}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { _ = kubeClient.CoreV1().Nodes().Delete(testContext(), nodeName, metav1.DeleteOptions{}) })
-		root := kubesprayRoot(t, "[Resolve]\nDNS="+clusterDNSIP+"\n") // the node is in the DNS loop
+		t.Cleanup(func() { _ = kubeClient.CoreV1().Nodes().Delete(testContext(), imageNodeName, metav1.DeleteOptions{}) })
+		root := d.nodeRoot(t, "[Resolve]\nDNS="+clusterDNSIP+"\n") // the node is in the DNS loop
+		// The kubelet probes the port the DaemonSet names; that must be where the agent serves
+		// by default. The test's agent serves on a free port instead: the host's network is shared.
+		healthz, port := d.probe(t, "livenessProbe", d.ctr.LivenessProbe)
+		readyz, readyPort := d.probe(t, "readinessProbe", d.ctr.ReadinessProbe)
+		help := d.run(t, podRun{args: []string{"agent", "--help"}})
+		if want := fmt.Sprintf(`(default ":%d")`, port); readyPort != port || !strings.Contains(metricsFlagLine(help.stdout+help.stderr), want) {
+			t.Errorf("the probes GET ports %d and %d; the agent's --metrics-address is not %s:\n%s", port, readyPort, want, metricsFlagLine(help.stdout+help.stderr))
+		}
 		addr := freeAddr(t)
-		// As the DaemonSet: args agent --root=/host, NODE_NAME from the downward API, the
-		// agent's own image kept too; the API server reached as precache's ServiceAccount.
-		p := d.start(t, []string{"agent", "--root=/host"}, []string{
-			"NODE_NAME=" + nodeName, "PRECACHE_SELF_IMAGE=" + name, "PRECACHE_LOG_FORMAT=json",
-			"KUBECONFIG=/etc/precache/kubeconfig", "PRECACHE_METRICS_ADDRESS=" + addr, "PRECACHE_HOSTS_DIR=" + hostsDir,
-		}, d.mounts(t, root, saKubecfg))
+		// The DaemonSet's args and env; the API server reached as precache's ServiceAccount.
+		p := d.start(t, podRun{root: root, kubeconfig: saKubecfg, env: []string{"PRECACHE_METRICS_ADDRESS=" + addr}})
 		start := time.Now()
-		p.eventually(t, 60*time.Second, "/healthz over the host's network", func() error { return httpOK("http://" + addr + "/healthz") })
+		p.eventually(t, 60*time.Second, healthz+" over the host's network", func() error { return httpOK("http://" + addr + healthz) })
 		pinned := func(refs ...string) func() error {
 			return func() error {
 				for _, ref := range refs {
@@ -132,10 +130,12 @@ func TestImageRuns(t *testing.T) {
 			set = append(set, img.Ref.TagName())
 		}
 		healthy := time.Since(start)
-		p.eventually(t, 90*time.Second, "Calico's set and the agent's own image pinned", pinned(append(set, name)...))
-		t.Logf("agent in the container: /healthz after %s, %d images pinned after %s", healthy.Round(time.Millisecond), len(set)+1, time.Since(start).Round(time.Millisecond))
-		p.eventually(t, 10*time.Second, "/readyz", func() error { return httpOK("http://" + addr + "/readyz") })
-		p.eventually(t, 30*time.Second, "the DNS loop read from /host reported on the Node", func() error { return nodeEvent(t, nodeName, "Warning", "PrecacheDNSLoop") })
+		// Its own image as the DaemonSet names it: by tag and by digest, as the CRI records a pull.
+		self := []string{d.ref.TagName(), d.ref.DigestName(d.ref.Digest)}
+		p.eventually(t, 90*time.Second, "Calico's set and the agent's own image pinned", pinned(append(set, self...)...))
+		t.Logf("agent in the container: %s after %s, %d images pinned after %s", healthz, healthy.Round(time.Millisecond), len(set)+1, time.Since(start).Round(time.Millisecond))
+		p.eventually(t, 10*time.Second, readyz, func() error { return httpOK("http://" + addr + readyz) })
+		p.eventually(t, 30*time.Second, "the DNS loop read from /host reported on the Node", func() error { return nodeEvent(t, imageNodeName, "Warning", "PrecacheDNSLoop") })
 		if code := p.stop(t); code != 0 {
 			t.Errorf("agent exit %d after SIGTERM, want 0\n%s", code, tail(p.out.String(), 30))
 		}
@@ -143,6 +143,16 @@ func TestImageRuns(t *testing.T) {
 			t.Logf("agent log (tail):\n%s", tail(p.out.String(), 8))
 		}
 	})
+}
+
+// metricsFlagLine is --metrics-address's line of `precache agent --help`.
+func metricsFlagLine(help string) string {
+	for _, line := range strings.Split(help, "\n") {
+		if strings.Contains(line, "--metrics-address") {
+			return strings.TrimSpace(line)
+		}
+	}
+	return ""
 }
 
 // needRunc skips t (fails it in CI) when containerd cannot run containers here: no runc
@@ -187,32 +197,17 @@ func copyNodeContainerdConfig(t *testing.T, n *node, root string) {
 	}
 }
 
-// daemonSetPod runs the image's containers as deploy/base/daemonset.yaml's pod spec would.
+// daemonSetPod runs the image's containers as a rendered DaemonSet's pod spec says
+// (newDaemonSetPod; the translation into the OCI spec is in overlay_run_test.go).
 type daemonSetPod struct {
 	c    *containerd.Client
 	ctx  context.Context
-	img  containerd.Image
+	img  containerd.Image // the image the DaemonSet names, found by its digest
+	ref  manifest.Ref     // as the DaemonSet names it
 	node *node
+	pod  corev1.PodSpec   // the DaemonSet's pod template
+	ctr  corev1.Container // its precache container
 	seq  int
-}
-
-// mounts are the DaemonSet's volumes: containerd's socket, the hosts dir (at its own path,
-// so containerd's transfer service reads the same one), precache's state directory, the
-// node's root read-only at /host; and a kubeconfig standing in for the ServiceAccount's
-// token.
-func (d *daemonSetPod) mounts(t *testing.T, root, kubeconfig string) []specs.Mount {
-	t.Helper()
-	state := t.TempDir()
-	ms := []specs.Mount{
-		{Type: "bind", Source: d.node.Address, Destination: "/run/containerd/containerd.sock", Options: []string{"bind", "rw"}},
-		{Type: "bind", Source: hostsDir, Destination: hostsDir, Options: []string{"rbind", "ro"}},
-		{Type: "bind", Source: state, Destination: "/var/lib/precache", Options: []string{"rbind", "rw"}},
-		{Type: "bind", Source: root, Destination: "/host", Options: []string{"rbind", "ro"}},
-	}
-	if kubeconfig != "" {
-		ms = append(ms, specs.Mount{Type: "bind", Source: kubeconfig, Destination: "/etc/precache/kubeconfig", Options: []string{"bind", "ro"}})
-	}
-	return ms
 }
 
 // imageTask is one running container of the image.
@@ -223,10 +218,10 @@ type imageTask struct {
 	ctx  context.Context
 }
 
-// create makes a container of the image with args after the entrypoint, and its task (the
-// shim starts runc's init; nothing runs yet). The spec is the DaemonSet's pod settings
-// and securityContext. The container goes when the test ends.
-func (d *daemonSetPod) create(t *testing.T, args, env []string, mounts []specs.Mount, stdout, stderr io.Writer) containerd.Task {
+// create makes a container of the image as the DaemonSet's pod spec says, with r's
+// additions, and its task (the shim starts runc's init; nothing runs yet). The container
+// goes when the test ends.
+func (d *daemonSetPod) create(t *testing.T, r podRun, stdout, stderr io.Writer) containerd.Task {
 	t.Helper()
 	d.seq++
 	id := fmt.Sprintf("precache-it-%d-%d", os.Getpid(), d.seq)
@@ -234,18 +229,7 @@ func (d *daemonSetPod) create(t *testing.T, args, env []string, mounts []specs.M
 		containerd.WithImage(d.img),
 		containerd.WithSnapshotter("overlayfs"),
 		containerd.WithNewSnapshot(id, d.img),
-		containerd.WithNewSpec(
-			oci.WithImageConfigArgs(d.img, args),
-			oci.WithUserID(0),                             // runAsUser: 0 (the image's own default is 65532)
-			oci.WithHostNamespace(specs.NetworkNamespace), // hostNetwork: true
-			oci.WithHostHostsFile,
-			oci.WithHostResolvconf,    // dnsPolicy: Default, the node's resolv.conf
-			oci.WithRootFSReadonly(),  // readOnlyRootFilesystem: true
-			oci.WithCapabilities(nil), // capabilities: drop: [ALL]
-			oci.WithNoNewPrivileges,   // allowPrivilegeEscalation: false
-			oci.WithEnv(env),
-			oci.WithMounts(mounts),
-		),
+		containerd.WithNewSpec(d.specOpts(t, r, d.env(t, r), d.mounts(t, r))...),
 	)
 	if err != nil {
 		t.Fatalf("creating the container: %v", err)
@@ -277,21 +261,21 @@ func (d *daemonSetPod) create(t *testing.T, args, env []string, mounts []specs.M
 	return task
 }
 
-// start runs a container of the image in the background.
-func (d *daemonSetPod) start(t *testing.T, args, env []string, mounts []specs.Mount) *imageTask {
+// start runs a container of the image in the background (nil r.args: the DaemonSet's).
+func (d *daemonSetPod) start(t *testing.T, r podRun) *imageTask {
 	t.Helper()
 	p := &imageTask{out: &syncBuffer{}, ctx: d.ctx}
-	p.task = d.create(t, args, env, mounts, p.out, p.out)
+	p.task = d.create(t, r, p.out, p.out)
 	var err error
 	if p.wait, err = p.task.Wait(d.ctx); err != nil {
 		t.Fatal(err)
 	}
 	if err := p.task.Start(d.ctx); err != nil {
-		t.Fatalf("starting %v: %v\n%s", args, err, p.out.String())
+		t.Fatalf("starting %v: %v\n%s", r.args, err, p.out.String())
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("%v in the container:\n%s", args, tail(p.out.String(), 40))
+			t.Logf("%v in the container:\n%s", r.args, tail(p.out.String(), 40))
 		}
 	})
 	return p
@@ -335,13 +319,10 @@ func (p *imageTask) stop(t *testing.T) int {
 }
 
 // run runs a container of the image to its end; stdout and stderr are kept apart.
-func (d *daemonSetPod) run(t *testing.T, args, env []string, mounts []specs.Mount) result {
+func (d *daemonSetPod) run(t *testing.T, r podRun) result {
 	t.Helper()
-	if mounts == nil {
-		mounts = d.mounts(t, t.TempDir(), "")
-	}
 	var stdout, stderr bytes.Buffer
-	task := d.create(t, args, env, mounts, &stdout, &stderr)
+	task := d.create(t, r, &stdout, &stderr)
 	ctx, cancel := context.WithTimeout(d.ctx, 2*time.Minute)
 	defer cancel()
 	wait, err := task.Wait(ctx)
@@ -350,7 +331,7 @@ func (d *daemonSetPod) run(t *testing.T, args, env []string, mounts []specs.Moun
 	}
 	start := time.Now()
 	if err := task.Start(ctx); err != nil {
-		t.Fatalf("starting %v: %v", args, err)
+		t.Fatalf("starting %v: %v", r.args, err)
 	}
 	code := -1
 	select {
