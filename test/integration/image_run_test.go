@@ -271,11 +271,11 @@ func (d *daemonSetPod) start(t *testing.T, r podRun) *imageTask {
 		t.Fatal(err)
 	}
 	if err := p.task.Start(d.ctx); err != nil {
-		t.Fatalf("starting %v: %v\n%s", r.args, err, p.out.String())
+		t.Fatalf("starting %v: %v\n%s", d.args(r), err, p.out.String())
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("%v in the container:\n%s", r.args, tail(p.out.String(), 40))
+			t.Logf("%v in the container:\n%s", d.args(r), tail(p.out.String(), 40))
 		}
 	})
 	return p
@@ -331,7 +331,7 @@ func (d *daemonSetPod) run(t *testing.T, r podRun) result {
 	}
 	start := time.Now()
 	if err := task.Start(ctx); err != nil {
-		t.Fatalf("starting %v: %v", r.args, err)
+		t.Fatalf("starting %v: %v", d.args(r), err)
 	}
 	code := -1
 	select {

@@ -85,8 +85,12 @@ func newDaemonSetPod(t *testing.T, n *node, ds *appsv1.DaemonSet, version, tarPa
 		}
 	}
 	if img == nil || ref.Digest != entry.Digest {
-		t.Fatalf("the rendered DaemonSet runs %s, but the image imported from %s is %s@%s (containerd holds digest %s: %t)",
-			ctr.Image, tarPath, ref.TagName(), entry.Digest, ref.Digest, img != nil)
+		held := "containerd holds no image of that digest"
+		if img != nil {
+			held = "containerd holds that digest, but it is not the image under test"
+		}
+		t.Fatalf("the rendered DaemonSet runs %s, but the image imported from %s is %s@%s: %s",
+			ctr.Image, tarPath, ref.TagName(), entry.Digest, held)
 	}
 	// The agent keeps the image it runs: PRECACHE_SELF_IMAGE must be it, as rendered.
 	checkPinnedDaemonSet(t, ds, ctr.Image)
@@ -229,10 +233,7 @@ func (d *daemonSetPod) hostPath(t *testing.T, hp *corev1.HostPathVolumeSource, r
 // memory limit; then env and mounts.
 func (d *daemonSetPod) specOpts(t *testing.T, r podRun, env []string, mounts []specs.Mount) []oci.SpecOpts {
 	t.Helper()
-	args := d.ctr.Args
-	if r.args != nil {
-		args = r.args
-	}
+	args := d.args(r)
 	var opts []oci.SpecOpts
 	if len(d.ctr.Command) > 0 { // the image's entrypoint and cmd both replaced
 		opts = append(opts, oci.WithImageConfig(d.img), oci.WithProcessArgs(append(slices.Clone(d.ctr.Command), args...)...))
@@ -304,6 +305,14 @@ func (d *daemonSetPod) specOpts(t *testing.T, r podRun, env []string, mounts []s
 		opts = append(opts, oci.WithMemoryLimit(uint64(m.Value())))
 	}
 	return append(opts, oci.WithEnv(env), oci.WithMounts(mounts))
+}
+
+// args are the container's args for r: r.args, else the DaemonSet's.
+func (d *daemonSetPod) args(r podRun) []string {
+	if r.args != nil {
+		return r.args
+	}
+	return d.ctr.Args
 }
 
 // capNames are Kubernetes capability names as the OCI spec names them.
