@@ -50,9 +50,10 @@ func (a access) String() string {
 }
 
 // agentNeeds lists what precache does as its ServiceAccount, namespace by namespace: the
-// agent's watches (calico-node by name, this node's calico-node pods by label, in both of
-// Calico's namespaces; kube-system's DaemonSets and Deployments; tigera-operator's
-// Deployment by name where the operator runs), its GETs (the kube-controllers and typha Deployments, csi-node-driver,
+// agent's watches (calico-node by name, this node's calico-node pods by label, in
+// kube-system and, where the operator runs, calico-system; kube-system's DaemonSets and
+// Deployments; tigera-operator's Deployment by name where the operator runs), its GETs (the
+// kube-controllers and typha Deployments, csi-node-driver where the operator runs,
 // the Installation, the DNS-loop check's Service and ConfigMap), its LIST of ImageSets and its
 // Events on the Node; and discovery run in the pod (internal/cluster: ClusterInformation, the
 // recovery set's workloads by name, tigera-operator's Deployment where the operator runs).
@@ -75,12 +76,16 @@ func agentNeeds(operator bool) []access {
 	add(get, "operator.tigera.io", "installations", "", "default")
 	add([]string{"list"}, "operator.tigera.io", "imagesets", "")
 	add([]string{"create", "patch"}, "", "events", "default")
-	for _, ns := range []string{"kube-system", "calico-system"} {
+	calicoNS := []string{"kube-system"}
+	if operator { // a manifest install has no calico-system: the agent leaves it out
+		calicoNS = append(calicoNS, "calico-system")
+		add(get, "apps", "daemonsets", "calico-system", "csi-node-driver")
+	}
+	for _, ns := range calicoNS {
 		add([]string{"get", "list", "watch"}, "apps", "daemonsets", ns, "calico-node")
 		add(get, "apps", "deployments", ns, "calico-kube-controllers", "calico-typha")
 		add(lw, "", "pods", ns)
 	}
-	add(get, "apps", "daemonsets", "calico-system", "csi-node-driver")
 	// The recovery set's other workloads: kube-system's DaemonSets and Deployments watched
 	// whole (found by their usual names, else their k8s-app label), and read by name.
 	add([]string{"list", "watch"}, "apps", "daemonsets", "kube-system")
@@ -95,9 +100,17 @@ func agentNeeds(operator bool) []access {
 	return out
 }
 
-// agentMustNot lists requests outside what precache needs, Secrets first.
-func agentMustNot(namespaces []string) []access {
+// agentMustNot lists requests outside what precache needs, Secrets first; without the
+// operator, nothing in calico-system or tigera-operator.
+func agentMustNot(namespaces []string, operator bool) []access {
 	var out []access
+	if !operator {
+		for _, a := range agentNeeds(true) {
+			if a.namespace == "calico-system" || a.namespace == "tigera-operator" {
+				out = append(out, a)
+			}
+		}
+	}
 	for _, ns := range append([]string{""}, namespaces...) {
 		for _, v := range []string{"get", "list", "watch"} {
 			out = append(out, access{v, "", "secrets", ns, ""})
@@ -140,7 +153,7 @@ func TestDeployOverlays(t *testing.T) {
 		namespaces []string
 		operator   bool
 	}{
-		{overlay: "kubespray"}, // Calico's manifests in kube-system: no calico-system, no tigera-operator
+		{overlay: "kubespray"}, // Calico's manifests in kube-system: no calico-system, no tigera-operator, neither created
 		{overlay: "operator", namespaces: []string{"tigera-operator", "calico-system"}, operator: true},
 	} {
 		t.Run(tt.overlay, func(t *testing.T) {
@@ -152,6 +165,11 @@ func TestDeployOverlays(t *testing.T) {
 				t.Errorf("%s says %q", tt.overlay, m)
 			}
 			objs := decodeAll(t, out)
+			for _, u := range objs {
+				if u.GetKind() == "Namespace" { // `kubectl delete -k` would delete it and all it holds
+					t.Errorf("%s creates Namespace %s", tt.overlay, u.GetName())
+				}
+			}
 
 			api := startFreshAPI(t, tt.namespaces)
 			applyServerSide(t, api, objs)
@@ -168,7 +186,7 @@ func TestDeployOverlays(t *testing.T) {
 					t.Errorf("%s: the ServiceAccount may not %s: %s", tt.overlay, a, why)
 				}
 			}
-			for _, a := range agentMustNot(append([]string{"kube-system", "default"}, tt.namespaces...)) {
+			for _, a := range agentMustNot(append([]string{"kube-system", "default"}, tt.namespaces...), tt.operator) {
 				if ok, _ := api.can(t, a); ok {
 					t.Errorf("%s: the ServiceAccount may %s", tt.overlay, a)
 				}
