@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -679,7 +678,7 @@ func runCalicoNode(t *testing.T, node, image string) {
 // agentProc is a running `precache agent`.
 type agentProc struct {
 	cmd    *exec.Cmd
-	logs   *syncBuffer
+	logs   *testenv.SyncBuffer
 	exited chan error
 	addr   string
 }
@@ -688,7 +687,7 @@ type agentProc struct {
 // stop or the end of the test.
 func startAgent(t *testing.T, n *node, env []string, args ...string) *agentProc {
 	t.Helper()
-	p := &agentProc{logs: &syncBuffer{}, exited: make(chan error, 1), addr: freeAddr(t)}
+	p := &agentProc{logs: &testenv.SyncBuffer{}, exited: make(chan error, 1), addr: freeAddr(t)}
 	args = append([]string{"agent", "--kubeconfig", adminKubecfg, "--metrics-address", p.addr, "--root", t.TempDir()}, args...)
 	p.cmd = exec.Command(binary, args...)
 	p.cmd.Env = append(os.Environ(), "CONTAINERD_ADDRESS="+n.Address, "PRECACHE_HOSTS_DIR="+hostsDir, "PRECACHE_LOG_FORMAT=json",
@@ -735,24 +734,6 @@ func (p *agentProc) reconciles(t *testing.T) float64 {
 		}
 	}
 	return 0
-}
-
-// syncBuffer is a bytes.Buffer safe for a process writing while the test reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 // TestAgentEventSourceSurvivesARestart: the agent's event source on the real containerd

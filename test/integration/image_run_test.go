@@ -214,7 +214,7 @@ type daemonSetPod struct {
 type imageTask struct {
 	task containerd.Task
 	wait <-chan containerd.ExitStatus
-	out  *syncBuffer
+	out  *testenv.SyncBuffer
 	ctx  context.Context
 }
 
@@ -264,7 +264,7 @@ func (d *daemonSetPod) create(t *testing.T, r podRun, stdout, stderr io.Writer) 
 // start runs a container of the image in the background (nil r.args: the DaemonSet's).
 func (d *daemonSetPod) start(t *testing.T, r podRun) *imageTask {
 	t.Helper()
-	p := &imageTask{out: &syncBuffer{}, ctx: d.ctx}
+	p := &imageTask{out: &testenv.SyncBuffer{}, ctx: d.ctx}
 	p.task = d.create(t, r, p.out, p.out)
 	var err error
 	if p.wait, err = p.task.Wait(d.ctx); err != nil {

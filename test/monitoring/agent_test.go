@@ -1,7 +1,6 @@
 package monitoring
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -38,7 +37,7 @@ type node struct {
 	ctrd     *testenv.Containerd
 	addr     string // the agent's --metrics-address
 	cmd      *exec.Cmd
-	logs     *syncBuffer
+	logs     *testenv.SyncBuffer
 	exited   chan error
 	stopOnce sync.Once
 }
@@ -49,7 +48,7 @@ type node struct {
 func startNode(t *testing.T, name, resolver string) *node {
 	t.Helper()
 	needDaemons(t)
-	n := &node{name: name, pod: "precache-" + name, logs: &syncBuffer{}, exited: make(chan error, 1)}
+	n := &node{name: name, pod: "precache-" + name, logs: &testenv.SyncBuffer{}, exited: make(chan error, 1)}
 	var err error
 	if n.reg, err = testenv.StartRegistry(testenv.RegistryOptions{}); err != nil {
 		t.Fatal(err)
@@ -268,22 +267,4 @@ func tail(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
-}
-
-// syncBuffer is a bytes.Buffer safe for a process writing while the test reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }

@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -88,7 +87,7 @@ func benchAgent(ctx context.Context, w io.Writer, bin, hosts string, window time
 	before := counts{}
 	cmd := exec.CommandContext(ctx, bin, "agent", "--kubeconfig", kubeconfig, "--node-name", "node-1", "--metrics-address", metricsAddr, "--profiling",
 		"--containerd-address", c.Address, "--hosts-dir", hosts, "--state-file", filepath.Join(dir, "state.json"), "--log-format", "json")
-	logs := &syncBuffer{}
+	logs := &testenv.SyncBuffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		return err
@@ -189,27 +188,9 @@ idle:
 
 type counts map[string]float64
 
-// syncBuffer collects the agent's log while the benchmark reads it.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // reconciled lists how long each reconcile that made the set right took, as the agent
 // logged it.
-func reconciled(logs *syncBuffer) []string {
+func reconciled(logs *testenv.SyncBuffer) []string {
 	var took []string
 	for _, line := range strings.Split(logs.String(), "\n") {
 		var l struct{ Msg, Took string }
@@ -222,7 +203,7 @@ func reconciled(logs *syncBuffer) []string {
 
 // waitReconciled waits for the agent's n-th reconcile that made the set right and returns
 // how long it took.
-func waitReconciled(ctx context.Context, logs *syncBuffer, n int) (string, error) {
+func waitReconciled(ctx context.Context, logs *testenv.SyncBuffer, n int) (string, error) {
 	deadline := time.Now().Add(5 * time.Minute)
 	for {
 		if took := reconciled(logs); len(took) >= n {
