@@ -41,26 +41,10 @@ func (d *discovered) describe(root string) string {
 	if d.Calico != nil {
 		parts = append(parts, "Calico "+d.Calico.Version+" ("+string(d.Calico.Variant)+")")
 	}
-	if nodeParts(d.Parts) {
+	if manifest.AnyFromNode(d.Parts) {
 		parts = append(parts, "node files under "+root)
 	}
 	return strings.Join(parts, ", ")
-}
-
-// clusterParts reports whether any of parts is read from the API server.
-func clusterParts(parts []manifest.Part) bool {
-	for _, p := range parts {
-		switch p {
-		case manifest.PartCalico, manifest.PartOperator, manifest.PartKubeProxy, manifest.PartNodeLocalDNS, manifest.PartCoreDNS:
-			return true
-		}
-	}
-	return false
-}
-
-// nodeParts reports whether any of parts is read from the node's files.
-func nodeParts(parts []manifest.Part) bool {
-	return manifest.HasPart(parts, manifest.PartAPIServerProxy) || manifest.HasPart(parts, manifest.PartControlPlane) || manifest.HasPart(parts, manifest.PartSandbox)
 }
 
 // registerOnly adds --only to a command that takes a discovered set.
@@ -106,7 +90,7 @@ func (a *app) imageSet(ctx context.Context, s *setFlags) ([]manifest.Image, *dis
 func (a *app) discoverSet(ctx context.Context, s *setFlags, parts []manifest.Part, extra ...string) (*discovered, []manifest.Image, error) {
 	found := &discovered{Parts: parts}
 	var set []manifest.Image
-	if clusterParts(parts) {
+	if manifest.AnyFromCluster(parts) {
 		cfg, from, err := cluster.Config(s.kubeconfig, extra...)
 		if err != nil {
 			return nil, nil, err
@@ -124,7 +108,7 @@ func (a *app) discoverSet(ctx context.Context, s *setFlags, parts []manifest.Par
 			return nil, nil, err
 		}
 	}
-	if nodeParts(parts) {
+	if manifest.AnyFromNode(parts) {
 		f, err := nodefiles.Read(hostfs.Root(a.global.root), nodefiles.Options{
 			KubeletConfig: a.global.kubeletConfig, ContainerdConfig: a.global.containerdConfig, Parts: parts,
 		})

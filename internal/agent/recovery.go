@@ -110,7 +110,6 @@ type addonFacts struct {
 	// rolledOut says, per part, whether each of its workloads has finished rolling out:
 	// every pod, this node's among them, runs the spec's images.
 	rolledOut map[manifest.Part]bool
-	facts     []cluster.Fact
 }
 
 // addons reads the watches' caches: no API call. A reference that does not parse is an
@@ -135,11 +134,11 @@ func (a *Agent) addons() (addonFacts, error) {
 		}
 	}
 	snap := cluster.PickAddons(a.parts(), ws)
-	images, facts, err := cluster.ResolveAddons(snap)
+	images, _, err := cluster.ResolveAddons(snap)
 	if err != nil {
 		return addonFacts{}, err
 	}
-	f := addonFacts{images: images, facts: facts, rolledOut: map[manifest.Part]bool{}}
+	f := addonFacts{images: images, rolledOut: map[manifest.Part]bool{}}
 	for _, ad := range snap.Addons {
 		prev, seen := f.rolledOut[ad.Part]
 		f.rolledOut[ad.Part] = done[ad.Workload.String()] && (prev || !seen)
@@ -173,7 +172,7 @@ func deploymentRolledOut(d *appsv1.Deployment) bool {
 // nodeFiles reads the node's part of the recovery set (static pods, the sandbox image)
 // under Root. A file that cannot be used is logged once, and the rest of the set is kept.
 func (a *Agent) nodeFiles() ([]manifest.Image, error) {
-	if a.cfg.Root == "" || !a.wantsNodeFiles() {
+	if a.cfg.Root == "" || !manifest.AnyFromNode(a.parts()) {
 		return nil, nil
 	}
 	f, err := nodefiles.Read(hostfs.Root(a.cfg.Root), nodefiles.Options{
@@ -205,17 +204,18 @@ func (a *Agent) nodeFiles() ([]manifest.Image, error) {
 // the kubelet and containerd start from; images of no part (the agent's own, --image) at
 // once.
 func (a *Agent) settled(d *cluster.Discovery, results []pcache.Result, addons addonFacts) func(manifest.Part) bool {
-	calico := d == nil || runsWanted(a.runningNode(), d, results)
+	running := a.runningNode()
+	calico := d == nil || runsWanted(running, d, results)
 	logged := map[manifest.Part]bool{}
 	return func(p manifest.Part) bool {
 		ok := true
-		switch p {
-		case manifest.PartCalico:
+		switch {
+		case p == manifest.PartCalico:
 			ok = calico
 			if !ok && !logged[p] {
-				a.log.Info("keeping the previous version pinned until calico-node runs the new one", zap.String("running", a.runningNode().String()), zap.String("wanted", d.Version))
+				a.log.Info("keeping the previous version pinned until calico-node runs the new one", zap.String("running", running.String()), zap.String("wanted", d.Version))
 			}
-		case manifest.PartOperator, manifest.PartKubeProxy, manifest.PartNodeLocalDNS, manifest.PartCoreDNS:
+		case p != "" && !p.FromNode(): // the cluster's other workloads
 			done, found := addons.rolledOut[p]
 			ok = done || !found
 			if !ok && !logged[p] {
@@ -241,9 +241,4 @@ func describeSet(n int, d *cluster.Discovery, want []manifest.Image) string {
 		}
 	}
 	return fmt.Sprintf("%d images of the recovery set (%s)", n, strings.Join(parts, ", "))
-}
-
-// wantsNodeFiles reports whether any part read from the node's files is kept.
-func (a *Agent) wantsNodeFiles() bool {
-	return a.wants(manifest.PartAPIServerProxy) || a.wants(manifest.PartControlPlane) || a.wants(manifest.PartSandbox)
 }

@@ -78,6 +78,24 @@ func ParseParts(list []string) ([]Part, error) {
 	return out, nil
 }
 
+// FromNode reports whether the part is read from the node's own files (the kubelet's
+// static pods, containerd's config) rather than from the API server.
+func (p Part) FromNode() bool {
+	switch p {
+	case PartAPIServerProxy, PartControlPlane, PartSandbox:
+		return true
+	}
+	return false
+}
+
+// AnyFromNode reports whether any of parts is read from the node's files.
+func AnyFromNode(parts []Part) bool { return slices.ContainsFunc(parts, Part.FromNode) }
+
+// AnyFromCluster reports whether any of parts is read from the API server.
+func AnyFromCluster(parts []Part) bool {
+	return slices.ContainsFunc(parts, func(p Part) bool { return !p.FromNode() })
+}
+
 // HasPart reports whether parts holds p.
 func HasPart(parts []Part, p Part) bool { return slices.Contains(parts, p) }
 
